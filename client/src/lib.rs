@@ -1,1 +1,329 @@
+//! Typed async client for the Contact Export gRPC service.
+//!
+//! [`ExportClient`] wraps the generated `ExportServiceClient`: it sends the bearer token with
+//! every request, follows page tokens, checks the download stream's shape and verifies the
+//! downloaded file's SHA-256.
+//!
+//! ```no_run
+//! use contact_export_client::{CreateExportRequest, ExportClient, ExportStatus};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = ExportClient::connect("http://127.0.0.1:50051", "my-api-token").await?;
+//!
+//! let export = client
+//!     .create(CreateExportRequest { filename: "all-contacts".into(), ..Default::default() })
+//!     .await?;
+//!
+//! // Progress arrives as a stream; it ends after a terminal status.
+//! let done = client.wait(&export.id).await?;
+//! assert_eq!(done.status(), ExportStatus::Completed);
+//!
+//! let mut file = tokio::fs::File::create("all-contacts.csv").await?;
+//! let metadata = client
+//!     .download_to(&export.id, &mut file, |done, total| eprintln!("{done}/{total} bytes"))
+//!     .await?;
+//! println!("{} ({} bytes, sha256 {})", metadata.filename, metadata.size_bytes, metadata.sha256);
+//! # Ok(())
+//! # }
+//! ```
 
+mod auth;
+mod download;
+mod error;
+
+use std::time::Duration;
+
+use contact_export::v1::export_service_client::ExportServiceClient;
+use contact_export::v1::{
+    CancelExportRequest, DownloadExportRequest, GetExportRequest, ListExportsRequest,
+    WatchExportRequest,
+};
+use futures::{Stream, StreamExt};
+use tokio::io::AsyncWrite;
+use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+pub use auth::BearerAuth;
+pub use contact_export::v1::{
+    CreateExportRequest, CsvOptions, Export, ExportFileMetadata, ExportStatus, ListExportsResponse,
+};
+pub use download::Download;
+pub use error::{ClientError, code_name};
+
+/// The generated client with [`BearerAuth`] in front, as [`ExportClient::raw`] returns it.
+pub type AuthedServiceClient = ExportServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+/// How long [`ExportClient::connect`] waits for the TCP (and HTTP/2) connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A cheap-to-clone client of `contactexport.v1.ExportService` that authenticates every call.
+///
+/// Clones share one HTTP/2 connection; every method takes `&self`, so one client can serve
+/// many tasks at once.
+#[derive(Clone, Debug)]
+pub struct ExportClient {
+    inner: AuthedServiceClient,
+}
+
+/// Whether an export has reached a status it never leaves.
+pub fn is_terminal(status: ExportStatus) -> bool {
+    matches!(
+        status,
+        ExportStatus::Completed
+            | ExportStatus::Failed
+            | ExportStatus::Cancelled
+            | ExportStatus::Expired
+    )
+}
+
+impl ExportClient {
+    /// Connects to `addr` (`http://host:port`; a bare `host:port` means `http://`) and sends
+    /// `token` as `authorization: Bearer <token>` on every request.
+    ///
+    /// The token is checked before connecting ([`ClientError::InvalidToken`]). `https://`
+    /// addresses are recognised but refused with [`ClientError::InvalidAddress`] until TLS is
+    /// built in: tonic without TLS would speak plaintext to them and leak the token.
+    pub async fn connect(addr: &str, token: impl Into<String>) -> Result<Self, ClientError> {
+        let auth = BearerAuth::new(token)?;
+        let uri = endpoint_uri(addr)?;
+        let channel = Endpoint::from_shared(uri)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await?;
+        Ok(Self::with_auth(channel, auth))
+    }
+
+    /// Uses an existing channel (e.g. one built with custom `Endpoint` settings, or a lazy one).
+    pub fn from_channel(channel: Channel, token: impl Into<String>) -> Result<Self, ClientError> {
+        Ok(Self::with_auth(channel, BearerAuth::new(token)?))
+    }
+
+    fn with_auth(channel: Channel, auth: BearerAuth) -> Self {
+        Self {
+            inner: ExportServiceClient::with_interceptor(channel, auth),
+        }
+    }
+
+    /// The generated client underneath (with the token attached), for requests this wrapper
+    /// does not shape, such as deliberately malformed ones in tests.
+    pub fn raw(&self) -> AuthedServiceClient {
+        self.inner.clone()
+    }
+
+    /// `CreateExport`: queues an export and returns it, with status PENDING.
+    pub async fn create(&self, request: CreateExportRequest) -> Result<Export, Status> {
+        Ok(self.raw().create_export(request).await?.into_inner())
+    }
+
+    /// `GetExport`: one export of the caller's workspace.
+    pub async fn get(&self, id: impl Into<String>) -> Result<Export, Status> {
+        let request = GetExportRequest { id: id.into() };
+        Ok(self.raw().get_export(request).await?.into_inner())
+    }
+
+    /// `ListExports`: one page, newest first. `page_size` 0 means the server's default;
+    /// `page_token` is the previous page's `next_page_token`, empty for the first page.
+    pub async fn list(
+        &self,
+        page_size: i32,
+        page_token: impl Into<String>,
+    ) -> Result<ListExportsResponse, Status> {
+        let request = ListExportsRequest {
+            page_size,
+            page_token: page_token.into(),
+        };
+        Ok(self.raw().list_exports(request).await?.into_inner())
+    }
+
+    /// Every export of the caller's workspace, newest first, following page tokens.
+    pub async fn list_all(&self) -> Result<Vec<Export>, Status> {
+        let mut exports = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self.list(0, token.clone()).await?;
+            exports.extend(page.exports);
+            if page.next_page_token.is_empty() {
+                return Ok(exports);
+            }
+            if page.next_page_token == token {
+                return Err(Status::internal(
+                    "ListExports returned the same page token twice",
+                ));
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// `CancelExport`: best effort; returns the export as it is right after the request.
+    pub async fn cancel(&self, id: impl Into<String>) -> Result<Export, Status> {
+        let request = CancelExportRequest { id: id.into() };
+        Ok(self.raw().cancel_export(request).await?.into_inner())
+    }
+
+    /// `WatchExport`: the current state first, then one item per change; the stream ends
+    /// after a terminal status.
+    pub async fn watch(
+        &self,
+        id: impl Into<String>,
+    ) -> Result<impl Stream<Item = Result<Export, Status>> + Send + Unpin + 'static, Status> {
+        let request = WatchExportRequest { id: id.into() };
+        Ok(self.raw().watch_export(request).await?.into_inner())
+    }
+
+    /// Watches an export until it ends and returns its last state.
+    ///
+    /// If the watch stream ends before a terminal status, the export is fetched once more and
+    /// returned as it is; check [`is_terminal`] when that matters.
+    pub async fn wait(&self, id: impl Into<String>) -> Result<Export, Status> {
+        let id = id.into();
+        let mut stream = self.watch(id.clone()).await?;
+        let mut last = None;
+        while let Some(export) = stream.next().await {
+            last = Some(export?);
+        }
+        match last {
+            Some(export) if is_terminal(export.status()) => Ok(export),
+            _ => self.get(id).await,
+        }
+    }
+
+    /// `DownloadExport`: opens the stream and reads its first message, the file metadata.
+    ///
+    /// `read_offset` is the first byte wanted, `read_limit` the most bytes wanted (0: to the
+    /// end). A first message that is not metadata is an `INTERNAL` error; so is a metadata
+    /// message later in [`Download::chunks`].
+    pub async fn download(
+        &self,
+        id: impl Into<String>,
+        read_offset: i64,
+        read_limit: i64,
+    ) -> Result<Download, Status> {
+        let request = DownloadExportRequest {
+            id: id.into(),
+            read_offset,
+            read_limit,
+        };
+        let response = self.raw().download_export(request).await?;
+        let content_disposition = response
+            .metadata()
+            .get("content-disposition")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let mut stream = response.into_inner();
+        let metadata = download::first_metadata(stream.message().await?)?;
+        Ok(Download {
+            metadata,
+            content_disposition,
+            read_offset,
+            read_limit,
+            chunks: stream
+                .map(|message| message.and_then(download::data_chunk))
+                .boxed(),
+        })
+    }
+
+    /// Downloads the whole file into `writer`, verifying its size and SHA-256.
+    ///
+    /// `progress(bytes_so_far, total_bytes)` is called after each chunk. On error the writer
+    /// may hold a partial file (see [`Download::write_to`]); write to a temporary file and
+    /// move it into place on success.
+    pub async fn download_to<W>(
+        &self,
+        id: impl Into<String>,
+        writer: &mut W,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<ExportFileMetadata, ClientError>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let download = self.download(id, 0, 0).await?;
+        let metadata = download.metadata.clone();
+        download.write_to(writer, progress).await?;
+        Ok(metadata)
+    }
+}
+
+/// The endpoint URI for `addr`: `http://` as given or added to a bare `host:port`.
+fn endpoint_uri(addr: &str) -> Result<String, ClientError> {
+    let refuse = |reason| ClientError::InvalidAddress {
+        addr: addr.to_owned(),
+        reason,
+    };
+    match addr.split_once("://") {
+        None => Ok(format!("http://{addr}")),
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => Ok(addr.to_owned()),
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => Err(refuse(
+            "TLS is not supported yet, and plaintext would expose the token; use http://",
+        )),
+        Some(_) => Err(refuse("the scheme must be http://")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_uris() {
+        assert_eq!(
+            endpoint_uri("127.0.0.1:50051").unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(endpoint_uri("http://h:1").unwrap(), "http://h:1");
+        assert_eq!(endpoint_uri("HTTP://h:1").unwrap(), "HTTP://h:1");
+        for refused in ["https://h:1", "ftp://h:1"] {
+            assert!(matches!(
+                endpoint_uri(refused),
+                Err(ClientError::InvalidAddress { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn terminal_statuses() {
+        use ExportStatus::*;
+        for status in [Completed, Failed, Cancelled, Expired] {
+            assert!(is_terminal(status), "{status:?}");
+        }
+        for status in [Unspecified, Pending, Processing] {
+            assert!(!is_terminal(status), "{status:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn from_channel_checks_the_token() {
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        assert!(ExportClient::from_channel(channel.clone(), "ok-token").is_ok());
+        let err = ExportClient::from_channel(channel, "bad token").unwrap_err();
+        assert!(matches!(err, ClientError::InvalidToken(_)));
+    }
+
+    #[tokio::test]
+    async fn connect_rejects_a_bad_token_before_dialing() {
+        // Port 1 is closed: an InvalidToken here proves the token is checked first.
+        let err = ExportClient::connect("http://127.0.0.1:1", "")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::InvalidToken(_)));
+    }
+
+    #[tokio::test]
+    async fn connect_reports_an_unreachable_server_as_transport_error() {
+        let err = ExportClient::connect("127.0.0.1:1", "token")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Transport(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn rpc_errors_surface_as_status() {
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let client = ExportClient::from_channel(channel, "token").unwrap();
+        let status = client
+            .get("00000000-0000-0000-0000-000000000000")
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+}

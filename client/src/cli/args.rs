@@ -1,0 +1,163 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Talk to a Contact Export server: create CSV exports of the CRM's contacts, follow them,
+/// download them.
+#[derive(Debug, Parser)]
+#[command(name = "exportctl", version)]
+#[command(
+    after_help = "Exit codes: 0 ok; 1 the export ended FAILED, CANCELLED or EXPIRED; \
+                        2 RPC error or bad usage; 3 other error (connection, file, checksum)."
+)]
+pub struct Cli {
+    /// Server address.
+    #[arg(
+        long,
+        global = true,
+        env = "EXPORT_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addr: String,
+
+    /// API token, sent as `authorization: Bearer <token>` [required].
+    // Optional for clap (a global argument cannot be required), checked in `run`.
+    #[arg(long, global = true, env = "EXPORT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Print one JSON object per line (exports, or the file metadata) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Queue a new export and print it.
+    Create(CreateArgs),
+    /// Show one export.
+    Get {
+        /// Export id.
+        id: String,
+    },
+    /// List exports, newest first.
+    List(ListArgs),
+    /// Follow an export until it ends; exit 1 unless it COMPLETED.
+    Watch {
+        /// Export id.
+        id: String,
+    },
+    /// Download a finished export's file (written to a temporary file, then renamed).
+    Download(DownloadArgs),
+    /// Ask the server to cancel an export.
+    Cancel {
+        /// Export id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Export only contacts with at least one of these tags (repeatable).
+    #[arg(long = "tag", value_name = "ID")]
+    pub tags: Vec<String>,
+    /// File name (the server sanitises it and appends `.csv`).
+    #[arg(long, value_name = "F")]
+    pub filename: Option<String>,
+    /// Idempotency key: repeating it returns the first export instead of a new one.
+    #[arg(long, value_name = "R")]
+    pub request_id: Option<String>,
+    /// Leave cells starting with `=`, `+`, `-`, `@` as they are (unsafe in spreadsheets).
+    #[arg(long)]
+    pub no_formula_neutralization: bool,
+    /// Then follow it like `watch`.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Exports per page (server default when omitted).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    pub page_size: Option<i32>,
+    /// Start at this page (the `next page` token printed by the previous call).
+    #[arg(long, value_name = "TOKEN", conflicts_with = "all")]
+    pub page_token: Option<String>,
+    /// Follow page tokens and list everything.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Export id.
+    pub id: String,
+    /// Target file, or a directory to save under the export's file name. The file is
+    /// readable by its owner only.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// First byte to download.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub offset: u64,
+    /// At most this many bytes (0: to the end). The SHA-256 is only checked for a whole file.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub limit: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "exportctl",
+            "create",
+            "--tag",
+            "a",
+            "--tag",
+            "b",
+            "--token",
+            "t",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(cli.token.as_deref(), Some("t"));
+        assert!(cli.json);
+        match cli.command {
+            Command::Create(args) => assert_eq!(args.tags, ["a", "b"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn download_needs_an_output() {
+        assert!(Cli::try_parse_from(["exportctl", "download", "id"]).is_err());
+        let cli = Cli::try_parse_from([
+            "exportctl",
+            "download",
+            "id",
+            "-o",
+            "x.csv",
+            "--offset",
+            "10",
+            "--limit",
+            "5",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Download(args) => assert_eq!((args.offset, args.limit), (10, 5)),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! One function per subcommand.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::CommandFactory;
+use contact_export_client::{
+    ClientError, CreateExportRequest, CsvOptions, Export, ExportClient, ExportStatus, is_terminal,
+};
+use futures::StreamExt;
+
+use super::args::{Cli, Command, CreateArgs, DownloadArgs, ListArgs};
+use super::output::{download_json, print_export, print_exports, short_status};
+use super::progress::{BytesBar, RowsBar};
+use super::save::{PendingFile, target_path};
+
+/// Connects and runs the chosen subcommand.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let Some(token) = cli.token else {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "the API token is required: pass --token or set EXPORT_TOKEN",
+            )
+            .exit();
+    };
+    let client = ExportClient::connect(&cli.addr, token)
+        .await
+        .map_err(|err| match err {
+            ClientError::Transport(_) => {
+                anyhow::Error::new(err).context(format!("cannot connect to {}", cli.addr))
+            }
+            err => err.into(),
+        })?;
+    let json = cli.json;
+    match cli.command {
+        Command::Create(args) => create(&client, args, json).await,
+        Command::Get { id } => {
+            print_export(&client.get(id).await?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List(args) => list(&client, args, json).await,
+        Command::Watch { id } => watch(&client, &id, json).await,
+        Command::Download(args) => download(&client, args, json).await,
+        Command::Cancel { id } => {
+            print_export(&client.cancel(id).await?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn create(client: &ExportClient, args: CreateArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let request = CreateExportRequest {
+        tag_ids: args.tags,
+        filename: args.filename.unwrap_or_default(),
+        request_id: args.request_id.unwrap_or_default(),
+        csv_options: args.no_formula_neutralization.then_some(CsvOptions {
+            disable_formula_neutralization: true,
+        }),
+    };
+    let export = client.create(request).await?;
+    if !args.watch {
+        print_export(&export, json);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        eprintln!("created export {}", export.id);
+    }
+    watch(client, &export.id, json).await
+}
+
+async fn list(client: &ExportClient, args: ListArgs, json: bool) -> anyhow::Result<ExitCode> {
+    if args.all {
+        print_exports(&client.list_all().await?, json);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let page = client
+        .list(
+            args.page_size.unwrap_or(0),
+            args.page_token.unwrap_or_default(),
+        )
+        .await?;
+    print_exports(&page.exports, json);
+    if !page.next_page_token.is_empty() {
+        eprintln!("next page: --page-token {}", page.next_page_token);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Follows the export with a progress bar (or JSON lines) and prints its final state.
+async fn watch(client: &ExportClient, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let bar = RowsBar::new();
+    let followed = follow(client, id, json, &bar).await;
+    bar.clear();
+    let last = match followed? {
+        Some(export) if is_terminal(export.status()) => export,
+        // The stream ended early (e.g. the server restarted): ask once more.
+        _ => client.get(id).await?,
+    };
+    if !json {
+        print_export(&last, false);
+    }
+    match last.status() {
+        ExportStatus::Completed => Ok(ExitCode::SUCCESS),
+        status if is_terminal(status) => {
+            let why = match last.error_message.as_str() {
+                "" => "no reason given",
+                message => message,
+            };
+            eprintln!("error: export {} {}: {why}", last.id, short_status(status));
+            Ok(ExitCode::from(1))
+        }
+        status => bail!(
+            "the watch ended while the export was still {}",
+            short_status(status)
+        ),
+    }
+}
+
+async fn follow(
+    client: &ExportClient,
+    id: &str,
+    json: bool,
+    bar: &RowsBar,
+) -> anyhow::Result<Option<Export>> {
+    let mut updates = client.watch(id).await?;
+    let mut last = None;
+    while let Some(export) = updates.next().await {
+        let export = export?;
+        if json {
+            print_export(&export, true);
+        }
+        bar.update(&export);
+        last = Some(export);
+    }
+    Ok(last)
+}
+
+/// Downloads into a temporary file beside the target and renames it once complete.
+async fn download(
+    client: &ExportClient,
+    args: DownloadArgs,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let offset = i64::try_from(args.offset).context("--offset is too large")?;
+    let limit = i64::try_from(args.limit).context("--limit is too large")?;
+    let download = client.download(args.id, offset, limit).await?;
+    let metadata = download.metadata.clone();
+    let verified = download.is_full();
+    let target = target_path(&args.output, &metadata.filename);
+    let mut pending = PendingFile::create(&target)
+        .with_context(|| format!("cannot create a file next to {}", target.display()))?;
+
+    let bar = BytesBar::new(download.expected_len());
+    let written = tokio::select! {
+        written = download.write_to(pending.file(), |done, _| bar.set(done)) => written,
+        _ = tokio::signal::ctrl_c() => {
+            bar.clear();
+            bail!("interrupted; nothing was written to {}", target.display());
+        }
+    };
+    bar.clear();
+    let written = written?; // on error `pending` is dropped and the partial file removed
+    let target = pending
+        .commit()
+        .await
+        .with_context(|| format!("cannot move the download to {}", target.display()))?;
+
+    if json {
+        println!("{}", download_json(&metadata, &target, written, verified));
+    } else {
+        let check = if verified { ", sha256 verified" } else { "" };
+        println!("{}: {written} bytes{check}", target.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,134 @@
+//! How exports and file metadata are printed: aligned text, or one JSON object per line.
+
+use std::path::Path;
+
+use contact_export_client::{Export, ExportFileMetadata, ExportStatus};
+use prost_types::Timestamp;
+use serde_json::{Value, json};
+
+/// `COMPLETED` for `EXPORT_STATUS_COMPLETED`.
+pub fn short_status(status: ExportStatus) -> &'static str {
+    let name = status.as_str_name();
+    name.strip_prefix("EXPORT_STATUS_").unwrap_or(name)
+}
+
+/// An export as JSON: proto field names, the enum's proto name, RFC 3339 timestamps (or null).
+pub fn export_json(export: &Export) -> Value {
+    let time = |t: &Option<Timestamp>| t.as_ref().map(ToString::to_string);
+    json!({
+        "id": export.id,
+        "status": export.status().as_str_name(),
+        "filename": export.filename,
+        "tag_ids": export.tag_ids,
+        "total_rows": export.total_rows,
+        "processed_rows": export.processed_rows,
+        "current_step": export.current_step,
+        "attempt": export.attempt,
+        "error_message": export.error_message,
+        "size_bytes": export.size_bytes,
+        "sha256": export.sha256,
+        "request_id": export.request_id,
+        "disable_formula_neutralization": export
+            .csv_options
+            .is_some_and(|o| o.disable_formula_neutralization),
+        "create_time": time(&export.create_time),
+        "update_time": time(&export.update_time),
+        "start_time": time(&export.start_time),
+        "finish_time": time(&export.finish_time),
+    })
+}
+
+/// A finished download as JSON: the file metadata, where it went and how much was written.
+pub fn download_json(
+    metadata: &ExportFileMetadata,
+    path: &Path,
+    bytes: u64,
+    verified: bool,
+) -> Value {
+    json!({
+        "filename": metadata.filename,
+        "size_bytes": metadata.size_bytes,
+        "sha256": metadata.sha256,
+        "content_type": metadata.content_type,
+        "path": path.display().to_string(),
+        "bytes_written": bytes,
+        "sha256_verified": verified,
+    })
+}
+
+/// Prints one export: a JSON line, or `key  value` lines (empty fields left out).
+pub fn print_export(export: &Export, json: bool) {
+    if json {
+        println!("{}", export_json(export));
+        return;
+    }
+    let time = |t: &Option<Timestamp>| t.as_ref().map(ToString::to_string).unwrap_or_default();
+    let rows = if export.total_rows > 0 || export.processed_rows > 0 {
+        format!("{} / {}", export.processed_rows, export.total_rows)
+    } else {
+        String::new()
+    };
+    let fields = [
+        ("id", export.id.clone()),
+        ("status", short_status(export.status()).to_owned()),
+        ("filename", export.filename.clone()),
+        ("tags", export.tag_ids.join(", ")),
+        ("rows", rows),
+        ("step", export.current_step.clone()),
+        ("attempt", nonzero(export.attempt.into(), "")),
+        ("size", nonzero(export.size_bytes, " bytes")),
+        ("sha256", export.sha256.clone()),
+        ("request id", export.request_id.clone()),
+        ("created", time(&export.create_time)),
+        ("started", time(&export.start_time)),
+        ("finished", time(&export.finish_time)),
+        ("error", export.error_message.clone()),
+    ];
+    for (key, value) in fields {
+        if !value.is_empty() {
+            println!("{key:<11}{value}");
+        }
+    }
+}
+
+/// Prints exports: JSON lines, or a table with one row per export.
+pub fn print_exports(exports: &[Export], json: bool) {
+    if json {
+        for export in exports {
+            println!("{}", export_json(export));
+        }
+        return;
+    }
+    println!(
+        "{:<36}  {:<10}  {:>21}  {:<20}  FILENAME",
+        "ID", "STATUS", "ROWS", "CREATED"
+    );
+    for export in exports {
+        let created = export
+            .create_time
+            .as_ref()
+            .map(|t| {
+                let mut t = *t;
+                t.nanos = 0; // second precision is enough in a table
+                t.to_string()
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<36}  {:<10}  {:>21}  {:<20}  {}",
+            export.id,
+            short_status(export.status()),
+            format!("{}/{}", export.processed_rows, export.total_rows),
+            created,
+            export.filename,
+        );
+    }
+}
+
+/// `n` with its unit, or nothing for 0 (not set yet).
+fn nonzero(n: i64, unit: &str) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!("{n}{unit}")
+    }
+}

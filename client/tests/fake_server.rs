@@ -1,0 +1,420 @@
+//! The client and `exportctl` against a small in-process fake of `ExportService` on loopback.
+//!
+//! The fake checks only what the client is responsible for (the bearer header, the stream
+//! shapes); the real server's behaviour is tested in `server/tests`.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use contact_export::v1::download_export_response::Payload;
+use contact_export::v1::export_service_server::{ExportService, ExportServiceServer};
+use contact_export::v1::{
+    CancelExportRequest, DownloadExportRequest, DownloadExportResponse, GetExportRequest,
+    ListExportsRequest, WatchExportRequest,
+};
+use contact_export_client::{
+    ClientError, CreateExportRequest, Export, ExportClient, ExportFileMetadata, ExportStatus,
+    ListExportsResponse,
+};
+use futures::{Stream, StreamExt, stream};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status};
+
+const TOKEN: &str = "good-token";
+const FILE: &[u8] = b"email,first_name\na@example.com,Ann\nb@example.com,Bob\nc@example.com,Cy\n";
+const EXPORTS: usize = 5;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+struct Fake;
+
+fn check_auth<T>(request: &Request<T>) -> Result<(), Status> {
+    match request.metadata().get("authorization").map(|v| v.to_str()) {
+        Some(Ok(value)) if value == format!("Bearer {TOKEN}") => Ok(()),
+        _ => Err(Status::unauthenticated("missing or invalid token")),
+    }
+}
+
+fn export(id: &str, status: ExportStatus, processed: i64) -> Export {
+    Export {
+        id: id.into(),
+        status: status.into(),
+        filename: "contacts.csv".into(),
+        total_rows: 3,
+        processed_rows: processed,
+        error_message: if status == ExportStatus::Failed {
+            "database went away".into()
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    }
+}
+
+fn lookup(id: &str) -> Result<Export, Status> {
+    match id {
+        "done" | "corrupt" | "data-first" | "meta-twice" => {
+            Ok(export(id, ExportStatus::Completed, 3))
+        }
+        "failing" => Ok(export(id, ExportStatus::Failed, 1)),
+        _ => Err(Status::not_found("export not found")),
+    }
+}
+
+#[tonic::async_trait]
+impl ExportService for Fake {
+    async fn create_export(
+        &self,
+        request: Request<CreateExportRequest>,
+    ) -> Result<Response<Export>, Status> {
+        check_auth(&request)?;
+        let request = request.into_inner();
+        Ok(Response::new(Export {
+            id: "done".into(),
+            status: ExportStatus::Pending.into(),
+            filename: request.filename,
+            tag_ids: request.tag_ids,
+            request_id: request.request_id,
+            csv_options: request.csv_options,
+            ..Default::default()
+        }))
+    }
+
+    async fn get_export(
+        &self,
+        request: Request<GetExportRequest>,
+    ) -> Result<Response<Export>, Status> {
+        check_auth(&request)?;
+        lookup(&request.get_ref().id).map(Response::new)
+    }
+
+    async fn list_exports(
+        &self,
+        request: Request<ListExportsRequest>,
+    ) -> Result<Response<ListExportsResponse>, Status> {
+        check_auth(&request)?;
+        let request = request.into_inner();
+        let size = if request.page_size == 0 {
+            2
+        } else {
+            request.page_size as usize
+        };
+        let start: usize = request.page_token.parse().unwrap_or(0);
+        let end = (start + size).min(EXPORTS);
+        Ok(Response::new(ListExportsResponse {
+            exports: (start..end)
+                .map(|i| export(&format!("e{i}"), ExportStatus::Completed, 3))
+                .collect(),
+            next_page_token: if end < EXPORTS {
+                end.to_string()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    type WatchExportStream = BoxStream<Export>;
+
+    async fn watch_export(
+        &self,
+        request: Request<WatchExportRequest>,
+    ) -> Result<Response<Self::WatchExportStream>, Status> {
+        check_auth(&request)?;
+        let last = lookup(&request.get_ref().id)?;
+        let steps = vec![
+            export(&last.id, ExportStatus::Pending, 0),
+            export(&last.id, ExportStatus::Processing, 1),
+            last,
+        ];
+        Ok(Response::new(
+            stream::iter(steps.into_iter().map(Ok)).boxed(),
+        ))
+    }
+
+    type DownloadExportStream = BoxStream<DownloadExportResponse>;
+
+    async fn download_export(
+        &self,
+        request: Request<DownloadExportRequest>,
+    ) -> Result<Response<Self::DownloadExportStream>, Status> {
+        check_auth(&request)?;
+        let request = request.into_inner();
+        lookup(&request.id)?;
+        let metadata = ExportFileMetadata {
+            filename: "contacts.csv".into(),
+            size_bytes: FILE.len() as i64,
+            sha256: hex::encode(Sha256::digest(FILE)),
+            content_type: "text/csv".into(),
+        };
+        let start = request.read_offset as usize;
+        let end = if request.read_limit == 0 {
+            FILE.len()
+        } else {
+            (start + request.read_limit as usize).min(FILE.len())
+        };
+        let mut body = FILE[start..end].to_vec();
+        if request.id == "corrupt" {
+            body[0] ^= 1;
+        }
+        let meta = |m: &ExportFileMetadata| DownloadExportResponse {
+            payload: Some(Payload::Metadata(m.clone())),
+        };
+        let mut messages: Vec<_> = body
+            .chunks(10)
+            .map(|c| DownloadExportResponse {
+                payload: Some(Payload::Data(c.to_vec())),
+            })
+            .collect();
+        match request.id.as_str() {
+            "data-first" => {}
+            "meta-twice" => {
+                messages.insert(0, meta(&metadata));
+                messages.insert(2, meta(&metadata));
+            }
+            _ => messages.insert(0, meta(&metadata)),
+        }
+        let mut response = Response::new(stream::iter(messages.into_iter().map(Ok)).boxed());
+        response.metadata_mut().insert(
+            "content-disposition",
+            "attachment; filename=\"contacts.csv\"".parse().unwrap(),
+        );
+        Ok(response)
+    }
+
+    async fn cancel_export(
+        &self,
+        request: Request<CancelExportRequest>,
+    ) -> Result<Response<Export>, Status> {
+        check_auth(&request)?;
+        let mut export = lookup(&request.get_ref().id)?;
+        export.status = ExportStatus::Cancelled.into();
+        Ok(Response::new(export))
+    }
+}
+
+async fn start() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ExportServiceServer::new(Fake))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+async fn client(addr: SocketAddr) -> ExportClient {
+    ExportClient::connect(&format!("http://{addr}"), TOKEN)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sends_the_token_on_every_call() {
+    let addr = start().await;
+    let good = client(addr).await;
+    assert_eq!(
+        good.get("done").await.unwrap().status(),
+        ExportStatus::Completed
+    );
+    let bad = ExportClient::connect(&addr.to_string(), "other")
+        .await
+        .unwrap();
+    assert_eq!(
+        bad.get("done").await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        bad.watch("done").await.err().map(|s| s.code()),
+        Some(Code::Unauthenticated)
+    );
+}
+
+#[tokio::test]
+async fn create_get_cancel_list() {
+    let client = client(start().await).await;
+    let created = client
+        .create(CreateExportRequest {
+            tag_ids: vec!["t1".into()],
+            filename: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (created.status(), created.tag_ids.as_slice()),
+        (ExportStatus::Pending, &["t1".to_owned()][..])
+    );
+    assert_eq!(client.get("nope").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        client.cancel("done").await.unwrap().status(),
+        ExportStatus::Cancelled
+    );
+
+    let first = client.list(0, "").await.unwrap();
+    assert_eq!(
+        (first.exports.len(), first.next_page_token.as_str()),
+        (2, "2")
+    );
+    let all = client.list_all().await.unwrap();
+    let ids: Vec<_> = all.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e0", "e1", "e2", "e3", "e4"]);
+}
+
+#[tokio::test]
+async fn watch_and_wait() {
+    let client = client(start().await).await;
+    let states: Vec<_> = client
+        .watch("done")
+        .await
+        .unwrap()
+        .map(|e| e.unwrap().status())
+        .collect()
+        .await;
+    assert_eq!(
+        states,
+        [
+            ExportStatus::Pending,
+            ExportStatus::Processing,
+            ExportStatus::Completed
+        ]
+    );
+    assert_eq!(
+        client.wait("failing").await.unwrap().status(),
+        ExportStatus::Failed
+    );
+}
+
+#[tokio::test]
+async fn download_full_and_ranged() {
+    let client = client(start().await).await;
+    let mut out = Vec::new();
+    let mut last = (0, 0);
+    let metadata = client
+        .download_to("done", &mut out, |done, total| last = (done, total))
+        .await
+        .unwrap();
+    assert_eq!(out, FILE);
+    assert_eq!(metadata.size_bytes, FILE.len() as i64);
+    assert_eq!(last, (FILE.len() as u64, FILE.len() as u64));
+
+    let ranged = client.download("done", 5, 12).await.unwrap();
+    assert_eq!(
+        ranged.content_disposition.as_deref(),
+        Some("attachment; filename=\"contacts.csv\"")
+    );
+    let mut out = Vec::new();
+    ranged.write_to(&mut out, |_, _| {}).await.unwrap();
+    assert_eq!(out, &FILE[5..17]);
+}
+
+#[tokio::test]
+async fn download_problems_are_errors() {
+    let client = client(start().await).await;
+    let err = client
+        .download_to("corrupt", &mut Vec::new(), |_, _| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::ChecksumMismatch { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        client
+            .download("data-first", 0, 0)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Internal
+    );
+    let err = client
+        .download_to("meta-twice", &mut Vec::new(), |_, _| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(Status::code), Some(Code::Internal));
+    assert_eq!(
+        client.download("nope", 0, 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+}
+
+/// Runs `exportctl` against the fake; returns (exit code, stdout, stderr).
+async fn exportctl(addr: SocketAddr, args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_exportctl"))
+        .args(args)
+        .env("EXPORT_ADDR", format!("http://{addr}"))
+        .env("EXPORT_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_exit_codes_and_output() {
+    let addr = start().await;
+
+    let (code, out, _) = exportctl(addr, &["get", "done", "--json"]).await;
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json["status"], "EXPORT_STATUS_COMPLETED");
+
+    let (code, _, err) = exportctl(addr, &["get", "nope"]).await;
+    assert_eq!(
+        (code, err.trim()),
+        (2, "error: NOT_FOUND: export not found")
+    );
+
+    let (code, out, _) = exportctl(addr, &["list", "--all", "--json"]).await;
+    assert_eq!((code, out.lines().count()), (0, EXPORTS));
+
+    let (code, out, _) = exportctl(addr, &["create", "--tag", "t", "--watch"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("COMPLETED"), "{out}");
+
+    let (code, _, err) = exportctl(addr, &["watch", "failing"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("FAILED: database went away"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_download_is_atomic() {
+    let addr = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out.csv");
+    let target_str = target.to_str().unwrap();
+
+    let (code, _, err) = exportctl(addr, &["download", "corrupt", "-o", target_str]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no partial file left"
+    );
+
+    let (code, out, err) = exportctl(addr, &["download", "done", "-o", target_str]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sha256 verified"), "{out}");
+    assert_eq!(std::fs::read(&target).unwrap(), FILE);
+
+    let dir_str = dir.path().to_str().unwrap();
+    let (code, _, err) = exportctl(
+        addr,
+        &[
+            "download", "done", "-o", dir_str, "--offset", "4", "--limit", "6",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("contacts.csv")).unwrap(),
+        &FILE[4..10]
+    );
+}

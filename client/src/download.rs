@@ -132,7 +132,7 @@ pub(crate) fn first_metadata(
 /// A later message of the stream: it must be data.
 pub(crate) fn data_chunk(message: DownloadExportResponse) -> Result<Bytes, Status> {
     match message.payload {
-        Some(Payload::Data(data)) => Ok(Bytes::from(data)),
+        Some(Payload::Data(data)) => Ok(data),
         Some(Payload::Metadata(_)) => Err(Status::internal(
             "download stream sent file metadata after the first message",
         )),
@@ -201,7 +201,7 @@ mod tests {
         };
         assert_eq!(first_metadata(Some(ok)).unwrap(), meta);
         let data = DownloadExportResponse {
-            payload: Some(Payload::Data(b"abc".to_vec())),
+            payload: Some(Payload::Data(Bytes::from_static(b"abc"))),
         };
         assert_eq!(
             first_metadata(Some(data)).unwrap_err().code(),
@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn later_messages_must_be_data() {
         let data = DownloadExportResponse {
-            payload: Some(Payload::Data(b"abc".to_vec())),
+            payload: Some(Payload::Data(Bytes::from_static(b"abc"))),
         };
         assert_eq!(data_chunk(data).unwrap(), Bytes::from_static(b"abc"));
         let meta = DownloadExportResponse {

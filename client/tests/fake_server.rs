@@ -164,7 +164,7 @@ impl ExportService for Fake {
         let mut messages: Vec<_> = body
             .chunks(10)
             .map(|c| DownloadExportResponse {
-                payload: Some(Payload::Data(c.to_vec())),
+                payload: Some(Payload::Data(bytes::Bytes::copy_from_slice(c))),
             })
             .collect();
         match request.id.as_str() {

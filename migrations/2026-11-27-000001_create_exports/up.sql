@@ -67,7 +67,9 @@ CREATE TABLE api_tokens (
 CREATE FUNCTION exports_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('export_changed', NEW.id::text);
-    IF NOT NEW.job_done AND (TG_OP = 'INSERT' OR OLD.lease_owner IS DISTINCT FROM NEW.lease_owner) THEN
+    -- Queued: inserted, or released by a worker that stopped (so another takes it at once).
+    IF NOT NEW.job_done AND NEW.lease_owner IS NULL
+       AND (TG_OP = 'INSERT' OR OLD.lease_owner IS NOT NULL) THEN
         PERFORM pg_notify('export_queued', NEW.id::text);
     END IF;
     RETURN NULL;

@@ -1,1 +1,33 @@
+//! Contact Export's server: a gRPC service that exports a workspace's contacts to CSV as a
+//! durable background job.
+//!
+//! # Layout
+//!
+//! - [`api`]: the gRPC surface. Thin handlers: authenticate, parse the request into a domain
+//!   type, call [`exports`], map back. Nothing below it knows about gRPC.
+//! - [`exports`]: the export as a record: validation of new requests, the queries that create,
+//!   read, list and cancel exports, always scoped to one workspace.
+//! - [`pipeline`]: the `process-export` job: four named steps with persisted outputs, run by a
+//!   runner that owns memoisation, retries, progress and the job's final status.
+//! - [`worker`]: a bounded pool that claims jobs from PostgreSQL (`FOR UPDATE SKIP LOCKED`)
+//!   under a renewed lease, so a job whose worker dies is taken up again elsewhere.
+//! - [`events`]: one `LISTEN` connection per process; wakes idle workers and every watcher of an
+//!   export when its row changes, on any replica.
+//! - [`storage`], [`mail`], [`auth`], [`db`]: the outside world (OpenDAL, lettre, API tokens,
+//!   diesel-async pools and migrations).
+//! - [`app`]: wires it all into an [`app::Application`] that binds, serves and stops.
+//! - [`pg`], [`dev`]: a throwaway PostgreSQL and the CRM fixture for `exportd dev` and tests.
 
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod dev;
+pub mod events;
+pub mod exports;
+pub mod mail;
+pub mod pg;
+pub mod pipeline;
+pub mod storage;
+pub mod worker;

@@ -1,1 +1,70 @@
-fn main() {}
+//! `exportd`: run the Contact Export service (`serve`), migrate its tables (`migrate`), or run
+//! everything locally on an embedded PostgreSQL (`dev`).
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use contact_export_server::app::Application;
+use contact_export_server::config::ServeArgs;
+use contact_export_server::db;
+use contact_export_server::dev::{self, DevArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "exportd",
+    version,
+    about = "Contact Export: contacts to CSV as durable background jobs, over gRPC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC and run export jobs against an existing database.
+    Serve(ServeArgs),
+    /// Create or update Contact Export's own tables (never the CRM's).
+    Migrate {
+        /// PostgreSQL URL.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Everything on this machine: private PostgreSQL, demo data, local files and mail.
+    Dev(DevArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // Logs go to stderr: stdout carries `dev`'s ready line.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            tracing::info!(config = ?args, "starting");
+            let settings = args.settings()?;
+            let app = Application::build(settings).await?;
+            app.run_until_stopped(shutdown_signal()).await?;
+        }
+        Command::Migrate { database_url } => {
+            db::migrate(&database_url).await.context("migrating")?;
+            tracing::info!("migrations applied");
+        }
+        Command::Dev(args) => dev::run(args, shutdown_signal()).await?,
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,236 @@
+//! DownloadExport: the finished file from storage, in bounded chunks, google.bytestream style.
+
+use bytes::Bytes;
+use contact_export::v1::download_export_response::Payload;
+use contact_export::v1::{DownloadExportResponse, ExportFileMetadata};
+use futures::StreamExt;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::{Response, Status};
+use uuid::Uuid;
+
+use super::{ExportApi, ResponseStream, status};
+use crate::auth::Principal;
+use crate::exports::{ExportStatus, repo};
+use crate::storage::CSV_CONTENT_TYPE;
+
+/// Largest data message: well under tonic's 4 MiB default limit, large enough to stream fast.
+pub const MAX_CHUNK: usize = 256 << 10;
+
+/// The requested byte range.
+#[derive(Debug, Clone, Copy)]
+pub struct Range {
+    offset: u64,
+    /// 0: to the end.
+    limit: u64,
+}
+
+impl Range {
+    /// Checks `read_offset` and `read_limit` (both must be ≥ 0).
+    pub fn parse(read_offset: i64, read_limit: i64) -> Result<Range, Status> {
+        let offset = u64::try_from(read_offset)
+            .map_err(|_| Status::invalid_argument("read_offset: must not be negative"))?;
+        let limit = u64::try_from(read_limit)
+            .map_err(|_| Status::invalid_argument("read_limit: must not be negative"))?;
+        Ok(Range { offset, limit })
+    }
+
+    /// The byte span within a file of `size` bytes; OUT_OF_RANGE past its end.
+    fn within(self, size: u64) -> Result<std::ops::Range<u64>, Status> {
+        if self.offset > size {
+            return Err(Status::out_of_range(format!(
+                "read_offset {} is past the end of the file ({size} bytes)",
+                self.offset
+            )));
+        }
+        let end = match self.limit {
+            0 => size,
+            n => size.min(self.offset.saturating_add(n)),
+        };
+        Ok(self.offset..end)
+    }
+}
+
+impl ExportApi {
+    pub(super) async fn download(
+        &self,
+        principal: Principal,
+        id: Uuid,
+        range: Range,
+    ) -> Result<Response<ResponseStream<DownloadExportResponse>>, Status> {
+        let record = repo::get(&mut *self.conn().await?, principal.workspace_id, id).await?;
+        let (Some(key), Some(size), Some(sha256)) =
+            (&record.storage_key, record.size_bytes, &record.sha256)
+        else {
+            return Err(unfinished(record.status()));
+        };
+        if record.status() != ExportStatus::Completed {
+            return Err(unfinished(record.status()));
+        }
+        let size = size as u64;
+        let span = range.within(size)?;
+        // A missing object only errors once read; look first, for a clean status.
+        match self.storage.stat(key).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
+                tracing::error!(export_id = %id, key = %key, "completed export has no file in storage");
+                return Err(Status::data_loss(
+                    "the export's file is missing from storage",
+                ));
+            }
+            Err(e) => return Err(status::internal(e)),
+        }
+        let metadata = ExportFileMetadata {
+            filename: record.filename.clone(),
+            size_bytes: size as i64,
+            sha256: sha256.clone(),
+            content_type: CSV_CONTENT_TYPE.to_owned(),
+        };
+
+        let (tx, rx) = mpsc::channel::<Result<DownloadExportResponse, Status>>(2);
+        let storage = self.storage.clone();
+        let shutdown = self.shutdown.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let first = DownloadExportResponse {
+                payload: Some(Payload::Metadata(metadata)),
+            };
+            if tx.send(Ok(first)).await.is_err() || span.is_empty() {
+                return;
+            }
+            let stream = match storage.reader_with(&key).chunk(MAX_CHUNK).await {
+                Ok(reader) => reader.into_bytes_stream(span).await,
+                Err(e) => Err(e),
+            };
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(status::internal(e))).await;
+                    return;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    next = stream.next() => next,
+                    _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("server shutting down; resume at the offset reached"))).await;
+                        return;
+                    }
+                };
+                match next {
+                    None => return,
+                    Some(Ok(bytes)) => {
+                        for chunk in split(bytes) {
+                            let data = DownloadExportResponse {
+                                payload: Some(Payload::Data(chunk)),
+                            };
+                            if tx.send(Ok(data)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let _ = tx
+                            .send(Err(status::internal(std::io::Error::other(e))))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+
+        let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as ResponseStream<_>);
+        if let Ok(value) = MetadataValue::try_from(content_disposition(&record.filename)) {
+            response.metadata_mut().insert("content-disposition", value);
+        }
+        Ok(response)
+    }
+}
+
+fn unfinished(status: ExportStatus) -> Status {
+    Status::failed_precondition(format!(
+        "export is {}; only a completed export can be downloaded",
+        status.as_str().to_uppercase()
+    ))
+}
+
+/// Splits a storage read into messages of at most [`MAX_CHUNK`] bytes (without copying).
+fn split(mut bytes: Bytes) -> impl Iterator<Item = Bytes> {
+    std::iter::from_fn(move || {
+        (!bytes.is_empty()).then(|| bytes.split_to(bytes.len().min(MAX_CHUNK)))
+    })
+}
+
+/// RFC 6266 / RFC 5987 `attr-char`: what may stay unescaped in `filename*`.
+const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// `attachment; filename="<ASCII fallback>"; filename*=UTF-8''<percent-encoded>`.
+pub fn content_disposition(filename: &str) -> String {
+    let fallback: String = filename
+        .chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c,
+            _ => '_',
+        })
+        .collect();
+    format!(
+        "attachment; filename=\"{fallback}\"; filename*=UTF-8''{}",
+        utf8_percent_encode(filename, ATTR_CHAR)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_disposition_has_ascii_fallback_and_utf8_name() {
+        assert_eq!(
+            content_disposition("Zoë \"q\".csv"),
+            "attachment; filename=\"Zo_ _q_.csv\"; filename*=UTF-8''Zo%C3%AB%20%22q%22.csv"
+        );
+    }
+
+    #[test]
+    fn range_rules() {
+        assert!(Range::parse(-1, 0).is_err());
+        assert!(Range::parse(0, -1).is_err());
+        let r = Range::parse(10, 0).unwrap();
+        assert_eq!(r.within(100).unwrap(), 10..100);
+        assert_eq!(Range::parse(10, 5).unwrap().within(100).unwrap(), 10..15);
+        assert_eq!(Range::parse(10, 500).unwrap().within(100).unwrap(), 10..100);
+        assert_eq!(Range::parse(100, 0).unwrap().within(100).unwrap(), 100..100);
+        assert_eq!(
+            Range::parse(101, 0)
+                .unwrap()
+                .within(100)
+                .unwrap_err()
+                .code(),
+            tonic::Code::OutOfRange
+        );
+    }
+
+    #[test]
+    fn split_bounds_chunks() {
+        let parts: Vec<Bytes> = split(Bytes::from(vec![0u8; MAX_CHUNK * 2 + 1])).collect();
+        assert_eq!(
+            parts.iter().map(Bytes::len).collect::<Vec<_>>(),
+            vec![MAX_CHUNK, MAX_CHUNK, 1]
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! The gRPC surface: `contactexport.v1.ExportService`.
+//!
+//! Handlers are thin: authenticate, parse the request into a domain type, call [`crate::exports`]
+//! (or start a stream), map the result back. Each streaming call lives in its own file.
+
+mod auth;
+mod convert;
+mod download;
+mod status;
+mod watch;
+
+use std::pin::Pin;
+
+use contact_export::v1::export_service_server::ExportService;
+use contact_export::v1::{
+    CancelExportRequest, CreateExportRequest, DownloadExportRequest, DownloadExportResponse,
+    Export, GetExportRequest, ListExportsRequest, ListExportsResponse, WatchExportRequest,
+};
+use futures::Stream;
+use opendal::Operator;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::db::{DbError, PgPool, PooledConn};
+use crate::events::Events;
+use crate::exports::{NewExport, repo};
+
+pub use contact_export::v1::export_service_server::ExportServiceServer;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ExportApi {
+    pool: PgPool,
+    storage: Operator,
+    events: Events,
+    /// Ends open streams when the server stops, so that graceful shutdown does not wait for a
+    /// long export's watchers.
+    shutdown: CancellationToken,
+}
+
+impl ExportApi {
+    pub fn new(
+        pool: PgPool,
+        storage: Operator,
+        events: Events,
+        shutdown: CancellationToken,
+    ) -> Self {
+        ExportApi {
+            pool,
+            storage,
+            events,
+            shutdown,
+        }
+    }
+
+    async fn conn(&self) -> Result<PooledConn, Status> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| status::internal(DbError::from(e)))
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExportService for ExportApi {
+    async fn create_export(
+        &self,
+        request: Request<CreateExportRequest>,
+    ) -> Result<Response<Export>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let req = request.into_inner();
+        let new = NewExport::parse(
+            &req.tag_ids,
+            &req.filename,
+            &req.request_id,
+            convert::options_from_proto(req.csv_options.as_ref()),
+            chrono::Utc::now(),
+        )?;
+        let record = repo::create(&mut *self.conn().await?, principal, new).await?;
+        // This replica's idle worker starts it without waiting for the NOTIFY round trip.
+        self.events.wake_worker();
+        Ok(Response::new(convert::export_to_proto(&record)))
+    }
+
+    async fn get_export(
+        &self,
+        request: Request<GetExportRequest>,
+    ) -> Result<Response<Export>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let id = convert::parse_id(&request.get_ref().id)?;
+        let record = repo::get(&mut *self.conn().await?, principal.workspace_id, id).await?;
+        Ok(Response::new(convert::export_to_proto(&record)))
+    }
+
+    async fn list_exports(
+        &self,
+        request: Request<ListExportsRequest>,
+    ) -> Result<Response<ListExportsResponse>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let req = request.into_inner();
+        let (records, next) = repo::list(
+            &mut *self.conn().await?,
+            principal.workspace_id,
+            req.page_size,
+            &req.page_token,
+        )
+        .await?;
+        Ok(Response::new(ListExportsResponse {
+            exports: records.iter().map(convert::export_to_proto).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    type WatchExportStream = ResponseStream<Export>;
+
+    async fn watch_export(
+        &self,
+        request: Request<WatchExportRequest>,
+    ) -> Result<Response<Self::WatchExportStream>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let id = convert::parse_id(&request.get_ref().id)?;
+        self.watch(principal, id).await
+    }
+
+    type DownloadExportStream = ResponseStream<DownloadExportResponse>;
+
+    async fn download_export(
+        &self,
+        request: Request<DownloadExportRequest>,
+    ) -> Result<Response<Self::DownloadExportStream>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let req = request.into_inner();
+        let id = convert::parse_id(&req.id)?;
+        let range = download::Range::parse(req.read_offset, req.read_limit)?;
+        self.download(principal, id, range).await
+    }
+
+    async fn cancel_export(
+        &self,
+        request: Request<CancelExportRequest>,
+    ) -> Result<Response<Export>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let id = convert::parse_id(&request.get_ref().id)?;
+        let record = repo::cancel(&mut *self.conn().await?, principal.workspace_id, id).await?;
+        Ok(Response::new(convert::export_to_proto(&record)))
+    }
+}

@@ -1,0 +1,77 @@
+//! WatchExport: the current state, then one message per visible change, until a terminal
+//! status.
+
+use std::time::Duration;
+
+use contact_export::v1::Export;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Response, Status};
+use uuid::Uuid;
+
+use super::{ExportApi, ResponseStream, convert};
+use crate::auth::Principal;
+use crate::exports::{ExportRecord, repo};
+
+/// A watcher re-reads at least this often even without a notification, so that a notification
+/// lost with a dropped `LISTEN` connection delays it but never stalls it.
+const REREAD_EVERY: Duration = Duration::from_secs(5);
+
+/// Messages buffered for a slow watcher. Changes beyond it are coalesced: the watcher gets the
+/// newest state when it catches up, never an unbounded backlog.
+const BUFFER: usize = 4;
+
+impl ExportApi {
+    pub(super) async fn watch(
+        &self,
+        principal: Principal,
+        id: Uuid,
+    ) -> Result<Response<ResponseStream<Export>>, Status> {
+        // Subscribe before the first read: a change between the two is then not missed.
+        let mut changes = self.events.subscribe(id);
+        let first = repo::get(&mut *self.conn().await?, principal.workspace_id, id).await?;
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut record: ExportRecord = first;
+            let mut last: Option<Export> = None;
+            loop {
+                let message = convert::export_to_proto(&record);
+                if last.as_ref() != Some(&message) {
+                    // Waiting here is the back-pressure: while the watcher is slow, changes
+                    // pile up as one pending wake-up, not as messages.
+                    if tx.send(Ok(message.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(message);
+                }
+                if record.status().is_terminal() {
+                    return;
+                }
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    _ = tokio::time::sleep(REREAD_EVERY) => {}
+                    _ = tx.closed() => return,
+                    _ = api.shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("server shutting down; watch again"))).await;
+                        return;
+                    }
+                }
+                let read = match api.conn().await {
+                    Ok(mut conn) => repo::get(&mut conn, principal.workspace_id, id)
+                        .await
+                        .map_err(Status::from),
+                    Err(status) => Err(status),
+                };
+                match read {
+                    Ok(r) => record = r,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

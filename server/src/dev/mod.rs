@@ -1,0 +1,133 @@
+//! `exportd dev`: the service on its embedded default. A private PostgreSQL under the data
+//! folder with the CRM fixture schema and a seeded demo workspace, files and mail in that
+//! folder too, and one `ready …` line on stdout once it takes calls.
+
+pub mod fixture;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+use crate::app::{Application, Settings};
+use crate::auth::{self, Principal};
+use crate::config::{JobArgs, storage_operator};
+use crate::db;
+use crate::mail::Mailer;
+use crate::pg::cluster::Cluster;
+use crate::pipeline::RetryPolicy;
+
+/// The database `dev` creates in its cluster.
+pub const DEV_DATABASE: &str = "exportd";
+
+/// Flags of `exportd dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Folder for the database cluster, export files and mail; reused by the next `dev`.
+    #[arg(long, env = "EXPORTD_DATA_DIR", default_value = "./.exportd")]
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    #[arg(long, env = "EXPORTD_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Contacts to seed in the demo workspace (only when the data folder is new).
+    #[arg(long, default_value_t = 10_000)]
+    pub seed_contacts: u64,
+    #[command(flatten)]
+    pub jobs: JobArgs,
+}
+
+/// Runs `dev` until Ctrl-C or SIGTERM.
+pub async fn run(
+    args: DevArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let cluster_dir = data_dir.clone();
+    let mut cluster = tokio::task::spawn_blocking(move || Cluster::start(&cluster_dir)).await??;
+    let result = serve(&args, &data_dir, &cluster, shutdown).await;
+    // Stop PostgreSQL whatever happened above, then report.
+    let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await?;
+    result?;
+    stopped?;
+    Ok(())
+}
+
+async fn serve(
+    args: &DevArgs,
+    data_dir: &Path,
+    cluster: &Cluster,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let database_url = cluster.url(DEV_DATABASE);
+    create_database(&cluster.url("postgres"), DEV_DATABASE).await?;
+    let mut conn = db::connect(&database_url).await?;
+    conn.batch_execute(fixture::CRM_SCHEMA).await?;
+    db::migrate(&database_url).await?;
+    let demo = fixture::seed_demo(&mut conn, args.seed_contacts).await?;
+    if demo.seeded {
+        tracing::info!(contacts = args.seed_contacts, "seeded the demo workspace");
+    } else {
+        tracing::info!("reusing the data of an earlier run (not seeding again)");
+    }
+    let token = auth::create_token(
+        &mut conn,
+        Principal {
+            workspace_id: demo.workspace_id,
+            user_id: demo.user_id,
+        },
+        "exportd dev",
+        None,
+    )
+    .await?;
+    drop(conn);
+
+    let mail_dir = data_dir.join("mail");
+    std::fs::create_dir_all(&mail_dir)?;
+    let settings = Settings {
+        database_url: database_url.clone(),
+        storage: storage_operator(&format!("fs://{}", data_dir.join("files").display()))?,
+        mailer: Some(Mailer::from_url(
+            &format!("file://{}", mail_dir.display()),
+            "Contact Export <exports@localhost>",
+        )?),
+        listen: args.listen,
+        worker: args.jobs.worker_config(),
+        batch_size: args.jobs.batch_size as usize,
+        retry: RetryPolicy::default(),
+    };
+    let app = Application::build(settings).await?;
+    // The one line scripts wait for; everything else goes to stderr.
+    println!(
+        "ready grpc=http://{} token={token} database={database_url}",
+        app.local_addr()
+    );
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    app.run_until_stopped(shutdown).await?;
+    Ok(())
+}
+
+/// `CREATE DATABASE` unless it exists (it has no `IF NOT EXISTS`).
+pub async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    #[derive(diesel::QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let mut admin: AsyncPgConnection = db::connect(admin_url).await?;
+    let Exists { exists } =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(name)
+            .get_result(&mut admin)
+            .await?;
+    if !exists {
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{}\"",
+                name.replace('"', "\"\"")
+            ))
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! The export as a record: what a caller asked for, its status, and the queries that create,
+//! read, list and cancel exports. Every query takes the caller's workspace: an export of
+//! another workspace is indistinguishable from one that does not exist.
+
+pub mod error;
+pub mod filename;
+pub mod new_export;
+pub mod repo;
+
+pub use error::ExportError;
+pub use new_export::NewExport;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Where an export is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportStatus {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl ExportStatus {
+    /// The value stored in `exports.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportStatus::Pending => "pending",
+            ExportStatus::Processing => "processing",
+            ExportStatus::Completed => "completed",
+            ExportStatus::Failed => "failed",
+            ExportStatus::Cancelled => "cancelled",
+            ExportStatus::Expired => "expired",
+        }
+    }
+
+    /// Parses a stored value; the table's CHECK constraint allows nothing else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => ExportStatus::Pending,
+            "processing" => ExportStatus::Processing,
+            "completed" => ExportStatus::Completed,
+            "failed" => ExportStatus::Failed,
+            "cancelled" => ExportStatus::Cancelled,
+            "expired" => ExportStatus::Expired,
+            _ => return None,
+        })
+    }
+
+    /// No change follows a terminal status (but expiry of a completed file).
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ExportStatus::Pending | ExportStatus::Processing)
+    }
+}
+
+/// Per-export options, stored as JSON in `exports.options`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExportOptions {
+    /// Prefix cells a spreadsheet would run as a formula with `'` (on by default).
+    pub neutralize_formulas: bool,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            neutralize_formulas: true,
+        }
+    }
+}
+
+/// A row of `exports`, as callers see it (the lease columns stay inside the worker).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = crate::db::schema::exports, check_for_backend(diesel::pg::Pg))]
+pub struct ExportRecord {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub user_id: Uuid,
+    pub status: String,
+    pub filename: String,
+    pub tag_ids: Vec<Uuid>,
+    pub options: serde_json::Value,
+    pub request_id: Option<String>,
+    pub total_rows: i64,
+    pub processed_rows: i64,
+    pub current_step: String,
+    pub attempt: i32,
+    pub error_message: Option<String>,
+    pub storage_key: Option<String>,
+    pub size_bytes: Option<i64>,
+    pub sha256: Option<String>,
+    pub job_done: bool,
+    pub cancel_requested: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl ExportRecord {
+    /// The typed status (an unknown stored value reads as FAILED rather than panicking).
+    pub fn status(&self) -> ExportStatus {
+        ExportStatus::parse(&self.status).unwrap_or(ExportStatus::Failed)
+    }
+
+    /// The typed options; a row written by an older version gets the defaults for new fields.
+    pub fn options(&self) -> ExportOptions {
+        serde_json::from_value(self.options.clone()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,122 @@
+//! A validated request for a new export.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::filename::sanitize_filename;
+use super::{ExportError, ExportOptions};
+
+/// At most this many tag ids in one request.
+pub const MAX_TAG_IDS: usize = 1_000;
+/// At most this many bytes of idempotency key.
+pub const MAX_REQUEST_ID_BYTES: usize = 200;
+
+/// What a caller asked for, checked and normalised (tag existence is checked by the query that
+/// creates the export, inside its transaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewExport {
+    /// Distinct, in the caller's order.
+    pub tag_ids: Vec<Uuid>,
+    pub filename: String,
+    pub request_id: Option<String>,
+    pub options: ExportOptions,
+}
+
+impl NewExport {
+    /// Checks and normalises raw request fields.
+    pub fn parse(
+        tag_ids: &[String],
+        filename: &str,
+        request_id: &str,
+        options: ExportOptions,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ExportError> {
+        if tag_ids.len() > MAX_TAG_IDS {
+            return Err(ExportError::invalid(
+                "tag_ids",
+                format!("at most {MAX_TAG_IDS} tag ids, got {}", tag_ids.len()),
+            ));
+        }
+        let mut parsed = Vec::with_capacity(tag_ids.len());
+        for raw in tag_ids {
+            let id = Uuid::try_parse(raw.trim())
+                .map_err(|_| ExportError::invalid("tag_ids", format!("{raw:?} is not a UUID")))?;
+            if !parsed.contains(&id) {
+                parsed.push(id);
+            }
+        }
+        let request_id = match request_id {
+            "" => None,
+            r if r.len() > MAX_REQUEST_ID_BYTES => {
+                return Err(ExportError::invalid(
+                    "request_id",
+                    format!("at most {MAX_REQUEST_ID_BYTES} bytes"),
+                ));
+            }
+            r if r.chars().any(char::is_control) => {
+                return Err(ExportError::invalid(
+                    "request_id",
+                    "must not contain control characters",
+                ));
+            }
+            r => Some(r.to_owned()),
+        };
+        Ok(NewExport {
+            tag_ids: parsed,
+            filename: sanitize_filename(filename, now),
+            request_id,
+            options,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(tags: &[&str], request_id: &str) -> Result<NewExport, ExportError> {
+        let tags: Vec<String> = tags.iter().map(|s| s.to_string()).collect();
+        NewExport::parse(&tags, "", request_id, ExportOptions::default(), Utc::now())
+    }
+
+    #[test]
+    fn names_the_tag_id_that_is_not_a_uuid() {
+        let err = parse(&["3f1c1b8e-8a52-4c55-9d1c-2f7d1c1a0b11", "nope"], "").unwrap_err();
+        assert_eq!(err.to_string(), r#"tag_ids: "nope" is not a UUID"#);
+    }
+
+    #[test]
+    fn deduplicates_tags_and_keeps_order() {
+        let a = "3f1c1b8e-8a52-4c55-9d1c-2f7d1c1a0b11";
+        let b = "00000000-0000-4000-8000-000000000001";
+        let parsed = parse(&[b, a, b], "").unwrap();
+        assert_eq!(
+            parsed.tag_ids,
+            vec![Uuid::parse_str(b).unwrap(), Uuid::parse_str(a).unwrap()]
+        );
+    }
+
+    #[test]
+    fn rejects_too_many_tags() {
+        let many = vec![Uuid::nil().to_string(); MAX_TAG_IDS + 1];
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(matches!(
+            parse(&refs, ""),
+            Err(ExportError::InvalidArgument {
+                field: "tag_ids",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn request_id_rules() {
+        assert_eq!(parse(&[], "").unwrap().request_id, None);
+        assert_eq!(
+            parse(&[], "k-1").unwrap().request_id.as_deref(),
+            Some("k-1")
+        );
+        assert!(parse(&[], "a\nb").is_err());
+        assert!(parse(&[], &"x".repeat(MAX_REQUEST_ID_BYTES + 1)).is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! Queries on exports, each scoped to the caller's workspace.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::{ExportError, ExportRecord, ExportStatus, NewExport};
+use crate::auth::Principal;
+use crate::db::schema::{exports, tags};
+
+/// Default and largest page of `list`.
+pub const DEFAULT_PAGE_SIZE: i64 = 50;
+pub const MAX_PAGE_SIZE: i64 = 500;
+
+/// Creates an export (its row is also its job), or returns the one created earlier with the
+/// same `request_id` in this workspace.
+pub async fn create(
+    conn: &mut AsyncPgConnection,
+    principal: Principal,
+    new: NewExport,
+) -> Result<ExportRecord, ExportError> {
+    conn.transaction(async |conn| {
+        if let Some(request_id) = &new.request_id
+            && let Some(existing) =
+                find_by_request_id(conn, principal.workspace_id, request_id).await?
+        {
+            return Ok(existing);
+        }
+        if !new.tag_ids.is_empty() {
+            let known: Vec<Uuid> = tags::table
+                .filter(tags::workspace_id.eq(principal.workspace_id))
+                .filter(tags::id.eq_any(&new.tag_ids))
+                .select(tags::id)
+                .load(conn)
+                .await?;
+            if let Some(unknown) = new.tag_ids.iter().find(|id| !known.contains(id)) {
+                return Err(ExportError::invalid(
+                    "tag_ids",
+                    format!("no tag {unknown} in this workspace"),
+                ));
+            }
+        }
+        let inserted: Option<ExportRecord> = diesel::insert_into(exports::table)
+            .values((
+                exports::id.eq(Uuid::new_v4()),
+                exports::workspace_id.eq(principal.workspace_id),
+                exports::user_id.eq(principal.user_id),
+                exports::status.eq(ExportStatus::Pending.as_str()),
+                exports::filename.eq(&new.filename),
+                exports::tag_ids.eq(&new.tag_ids),
+                exports::options.eq(serde_json::to_value(new.options).expect("options serialise")),
+                exports::request_id.eq(&new.request_id),
+            ))
+            .on_conflict_do_nothing()
+            .returning(ExportRecord::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+        match (inserted, &new.request_id) {
+            (Some(record), _) => Ok(record),
+            // Another call with the same key committed between our look-up and insert.
+            (None, Some(request_id)) => {
+                find_by_request_id(conn, principal.workspace_id, request_id)
+                    .await?
+                    .ok_or(ExportError::NotFound)
+            }
+            (None, None) => Err(ExportError::NotFound),
+        }
+    })
+    .await
+}
+
+async fn find_by_request_id(
+    conn: &mut AsyncPgConnection,
+    workspace_id: Uuid,
+    request_id: &str,
+) -> Result<Option<ExportRecord>, diesel::result::Error> {
+    exports::table
+        .filter(exports::workspace_id.eq(workspace_id))
+        .filter(exports::request_id.eq(request_id))
+        .select(ExportRecord::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// One export of the workspace.
+pub async fn get(
+    conn: &mut AsyncPgConnection,
+    workspace_id: Uuid,
+    id: Uuid,
+) -> Result<ExportRecord, ExportError> {
+    exports::table
+        .filter(exports::workspace_id.eq(workspace_id))
+        .filter(exports::id.eq(id))
+        .select(ExportRecord::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(ExportError::NotFound)
+}
+
+/// A page of the workspace's exports, newest first, and the token of the next page.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    workspace_id: Uuid,
+    page_size: i32,
+    page_token: &str,
+) -> Result<(Vec<ExportRecord>, Option<String>), ExportError> {
+    let limit = match i64::from(page_size) {
+        n if n < 0 => return Err(ExportError::invalid("page_size", "must not be negative")),
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    let mut query = exports::table
+        .filter(exports::workspace_id.eq(workspace_id))
+        .select(ExportRecord::as_select())
+        .order((exports::created_at.desc(), exports::id.desc()))
+        .limit(limit + 1)
+        .into_boxed();
+    if !page_token.is_empty() {
+        let (at, id) = PageToken::decode(page_token)
+            .ok_or_else(|| ExportError::invalid("page_token", "not a token this service issued"))?;
+        query = query.filter(
+            exports::created_at
+                .lt(at)
+                .or(exports::created_at.eq(at).and(exports::id.lt(id))),
+        );
+    }
+    let mut rows: Vec<ExportRecord> = query.load(conn).await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last()
+            .map(|last| PageToken::encode(last.created_at, last.id))
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+/// Cancels an export: a queued one at once, a running one at its next batch boundary.
+pub async fn cancel(
+    conn: &mut AsyncPgConnection,
+    workspace_id: Uuid,
+    id: Uuid,
+) -> Result<ExportRecord, ExportError> {
+    let now = Utc::now();
+    // Not yet claimed by a worker: nobody else will touch it, end it here.
+    let cancelled: Option<ExportRecord> = diesel::update(exports::table)
+        .filter(exports::workspace_id.eq(workspace_id))
+        .filter(exports::id.eq(id))
+        .filter(exports::status.eq(ExportStatus::Pending.as_str()))
+        .filter(exports::lease_owner.is_null())
+        .set((
+            exports::status.eq(ExportStatus::Cancelled.as_str()),
+            exports::job_done.eq(true),
+            exports::cancel_requested.eq(true),
+            exports::error_message.eq("cancelled by request"),
+            exports::updated_at.eq(now),
+            exports::finished_at.eq(now),
+        ))
+        .returning(ExportRecord::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+    if let Some(record) = cancelled {
+        return Ok(record);
+    }
+    // Running (or just claimed): ask its worker to stop between batches.
+    let requested: Option<ExportRecord> = diesel::update(exports::table)
+        .filter(exports::workspace_id.eq(workspace_id))
+        .filter(exports::id.eq(id))
+        .filter(exports::status.eq_any([
+            ExportStatus::Pending.as_str(),
+            ExportStatus::Processing.as_str(),
+        ]))
+        .set((
+            exports::cancel_requested.eq(true),
+            exports::updated_at.eq(now),
+        ))
+        .returning(ExportRecord::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+    if let Some(record) = requested {
+        return Ok(record);
+    }
+    let record = get(conn, workspace_id, id).await?;
+    Err(ExportError::FailedPrecondition(format!(
+        "export {id} is already {}; only a pending or processing export can be cancelled",
+        record.status
+    )))
+}
+
+/// The opaque page token: the sort key of the last export of a page.
+struct PageToken;
+
+impl PageToken {
+    fn encode(at: DateTime<Utc>, id: Uuid) -> String {
+        format!("{}.{}", at.timestamp_micros(), id.simple())
+    }
+
+    fn decode(token: &str) -> Option<(DateTime<Utc>, Uuid)> {
+        let (micros, id) = token.split_once('.')?;
+        let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        Some((at, Uuid::try_parse(id).ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_token_round_trips_and_rejects_garbage() {
+        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let id = Uuid::new_v4();
+        assert_eq!(
+            PageToken::decode(&PageToken::encode(at, id)),
+            Some((at, id))
+        );
+        assert_eq!(PageToken::decode("x.y"), None);
+        assert_eq!(PageToken::decode("12"), None);
+    }
+}

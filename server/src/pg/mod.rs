@@ -1,0 +1,3 @@
+//! A throwaway PostgreSQL for `exportd dev` and the tests.
+
+pub mod cluster;

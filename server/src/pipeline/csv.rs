@@ -1,0 +1,1013 @@
+//! The streaming CSV encoder for contacts: one header, then batches of rows, each batch
+//! encoded into one [`Bytes`] chunk that the `stream-export` step hands to the storage writer.
+//!
+//! # Columns
+//!
+//! The eight fixed columns [`FIXED_COLUMNS`] (`email, first_name, last_name, phone, company,
+//! notes, is_unsubscribed, created_at`), then one column per custom-field key, in Unicode
+//! code-point order (Rust `String` order, see [`sort_keys`]). A key missing on a row gives an
+//! empty cell, so columns never shift.
+//!
+//! ## Header names of custom keys
+//!
+//! A custom key is its own header, with one exception: a key that is *exactly*
+//! (case-sensitively) one of the fixed column names is written as `custom_fields.<key>`, so
+//! that every header names one column. If that qualified name is itself a custom key, or is
+//! already taken, ` (2)`, ` (3)`, … is appended until the name is unique. Keys that are their
+//! own header claim their names first, so a generated name never takes the header of a real
+//! key (keys `custom_fields.email` and `email` give `custom_fields.email` and
+//! `custom_fields.email (2)` respectively). [`headers`] applies exactly this rule.
+//!
+//! With formula neutralisation on (below), a custom key's header is neutralised like any cell.
+//! Should that make two headers equal (keys `'=x` and `=x` both read `'=x`), the later key in
+//! key order gets the ` (2)` suffix by the same rule; [`CsvEncoder::headers`] returns the header
+//! row as written.
+//!
+//! # Values
+//!
+//! - Text fields are written raw; SQL NULL is an empty cell.
+//! - `is_unsubscribed` is `true` / `false`.
+//! - `created_at` is RFC 3339 in UTC with exactly six fractional digits and `Z`
+//!   (`2024-05-01T12:00:00.123456Z`): microseconds are what PostgreSQL stores, and a fixed
+//!   width keeps the column sortable as text.
+//! - Custom values: a JSON string is written raw, a number or bool as its JSON text (`1.5`,
+//!   `-5`, `true`), `null` as an empty cell, an object or array as compact JSON. When the row's
+//!   `custom_fields` is not a JSON object at all, every custom cell is empty.
+//!
+//! # Quoting
+//!
+//! RFC 4180: a field is quoted iff it contains `,`, `"`, CR or LF, with quotes doubled inside;
+//! an empty field is not quoted; records end with LF. That is how PostgreSQL's
+//! `COPY … (FORMAT csv)` quotes and terminates records, so the two can be compared byte for
+//! byte. Two differences: `COPY` writes an empty *string* as `""` to tell it from NULL, and
+//! quotes a lone `\.`; here NULL and empty text are both an empty cell (a spreadsheet cannot
+//! tell them apart either), and `\.` is plain data.
+//!
+//! # Formula neutralisation
+//!
+//! A spreadsheet runs a cell that starts with `=`, `+`, `-` or `@` as a formula, and TAB or
+//! CR in front of those can hide them (OWASP "CSV injection"). With
+//! [`CsvOptions::neutralize_formulas`] on (the default), a cell whose first character is one
+//! of `=`, `+`, `-`, `@`, TAB or CR is written with a leading `'`, which spreadsheets show as
+//! text. Decisions:
+//!
+//! - A *plain number* (optional sign, digits, optional `.digits`, optional exponent
+//!   `e`/`E`, optional sign, digits; e.g. `-5`, `+3.25`, `-1e5`) is left as is: a spreadsheet
+//!   reads it as the same number either way, and `'-5` would turn numbers into text. Anything
+//!   else is neutralised, so a phone number `+1 555 0100` becomes `'+1 555 0100`: a
+//!   spreadsheet would otherwise evaluate it as arithmetic.
+//! - It applies to every text cell: the fixed text columns, custom values, and the headers of
+//!   custom keys (the fixed headers and the `custom_fields.` names never start with a
+//!   trigger). Booleans and timestamps are never neutralised (a timestamp outside years
+//!   0–9999 starts with its sign).
+//! - It happens before quoting: `=1,2` is written `"'=1,2"`.
+//! - Only the first character counts; a cell that already starts with `'` or with a space is
+//!   left alone.
+//!
+//! With neutralisation off the cells are written exactly as stored, for consumers that are
+//! programs rather than spreadsheets.
+
+use std::collections::HashSet;
+use std::io::{self, Write as _};
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
+use diesel::sql_types::{Bool, Jsonb, Nullable, Text, Timestamptz};
+use serde_json::Value;
+
+/// The fixed leading columns, in order.
+pub const FIXED_COLUMNS: [&str; 8] = [
+    "email",
+    "first_name",
+    "last_name",
+    "phone",
+    "company",
+    "notes",
+    "is_unsubscribed",
+    "created_at",
+];
+
+/// One contact as the export reads it from `contacts` (the columns of
+/// [`crate::pipeline::selection::CONTACT_COLUMNS`], by name).
+#[derive(Debug, Clone, PartialEq, diesel::QueryableByName)]
+pub struct ContactRow {
+    #[diesel(sql_type = Text)]
+    pub email: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub first_name: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_name: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub phone: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub company: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub notes: Option<String>,
+    #[diesel(sql_type = Bool)]
+    pub is_unsubscribed: bool,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    /// The `custom_fields` jsonb object; anything but an object yields empty custom cells.
+    #[diesel(sql_type = Jsonb)]
+    pub custom_fields: Value,
+}
+
+/// Per-export encoding options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CsvOptions {
+    /// Prefix cells a spreadsheet would run as a formula with `'` (see the module docs).
+    pub neutralize_formulas: bool,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            neutralize_formulas: true,
+        }
+    }
+}
+
+/// Sorts custom-field keys into column order (Unicode code point, which is `String`'s `Ord`)
+/// and removes duplicates.
+pub fn sort_keys(keys: &mut Vec<String>) {
+    keys.sort_unstable();
+    keys.dedup();
+}
+
+/// The full header row for `custom_keys` (sorted and deduplicated, see [`sort_keys`]): the
+/// fixed columns, then one name per key by the collision rule in the module docs.
+///
+/// These are the column *names*, without formula neutralisation; [`CsvEncoder::headers`] is
+/// the header row as written under the encoder's options.
+pub fn headers(custom_keys: &[String]) -> Vec<String> {
+    build_headers(custom_keys, false)
+}
+
+fn build_headers(custom_keys: &[String], neutralize: bool) -> Vec<String> {
+    // The name each key asks for, and whether it is a generated `custom_fields.` name.
+    let wanted: Vec<(String, bool)> = custom_keys
+        .iter()
+        .map(|key| {
+            if FIXED_COLUMNS.contains(&key.as_str()) {
+                (format!("custom_fields.{key}"), true)
+            } else if neutralize && needs_neutralizing(key.as_bytes()) {
+                (format!("'{key}"), false)
+            } else {
+                (key.clone(), false)
+            }
+        })
+        .collect();
+
+    let mut taken: HashSet<String> = FIXED_COLUMNS.iter().map(|c| c.to_string()).collect();
+    // Real keys claim their own names before any generated name is chosen, so that the result
+    // does not depend on where a generated name sorts relative to the key it collides with.
+    let mut claimed: Vec<Option<String>> = wanted
+        .iter()
+        .map(|(name, generated)| (!generated && taken.insert(name.clone())).then(|| name.clone()))
+        .collect();
+
+    let mut out: Vec<String> = FIXED_COLUMNS.iter().map(|c| c.to_string()).collect();
+    out.reserve(custom_keys.len());
+    for ((name, _), claim) in wanted.iter().zip(claimed.iter_mut()) {
+        let header = match claim.take() {
+            Some(own) => own,
+            None => {
+                let mut candidate = name.clone();
+                let mut n = 2u64;
+                while taken.contains(&candidate) {
+                    candidate = format!("{name} ({n})");
+                    n += 1;
+                }
+                taken.insert(candidate.clone());
+                candidate
+            }
+        };
+        out.push(header);
+    }
+    out
+}
+
+/// True for a cell a spreadsheet could run as a formula (see the module docs).
+fn needs_neutralizing(cell: &[u8]) -> bool {
+    matches!(
+        cell.first(),
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+    ) && !is_plain_number(cell)
+}
+
+/// `[+-]?digits(.digits)?([eE][+-]?digits)?`, without a regex engine.
+fn is_plain_number(s: &[u8]) -> bool {
+    fn digits(s: &[u8], mut i: usize) -> Option<usize> {
+        let start = i;
+        while s.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        (i > start).then_some(i)
+    }
+    let mut i = usize::from(matches!(s.first(), Some(b'+' | b'-')));
+    let Some(end) = digits(s, i) else {
+        return false;
+    };
+    i = end;
+    if s.get(i) == Some(&b'.') {
+        let Some(end) = digits(s, i + 1) else {
+            return false;
+        };
+        i = end;
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(s.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let Some(end) = digits(s, i) else {
+            return false;
+        };
+        i = end;
+    }
+    i == s.len()
+}
+
+/// Encodes the header and batches of [`ContactRow`]s into CSV chunks.
+///
+/// The output buffer and a scratch buffer for formatted cells are reused across batches, so
+/// encoding allocates per batch, not per row or cell. Chunks concatenate to the file:
+/// `encode_header()` once, then `encode_batch` for each batch in order.
+#[derive(Debug)]
+pub struct CsvEncoder {
+    options: CsvOptions,
+    custom_keys: Vec<String>,
+    headers: Vec<String>,
+    builder: ::csv::WriterBuilder,
+    out: BytesMut,
+    /// Formatted cells (numbers, JSON, timestamps, neutralised text) are built here.
+    scratch: Vec<u8>,
+}
+
+impl CsvEncoder {
+    /// An encoder for the given custom-field keys, which become the custom columns. The keys
+    /// are put through [`sort_keys`], so column order never depends on the order given.
+    pub fn new(mut custom_keys: Vec<String>, options: CsvOptions) -> Self {
+        sort_keys(&mut custom_keys);
+        let headers = build_headers(&custom_keys, options.neutralize_formulas);
+        let mut builder = ::csv::WriterBuilder::new();
+        builder
+            .delimiter(b',')
+            .quote(b'"')
+            .double_quote(true)
+            .quote_style(::csv::QuoteStyle::Necessary)
+            .terminator(::csv::Terminator::Any(b'\n'));
+        CsvEncoder {
+            options,
+            custom_keys,
+            headers,
+            builder,
+            out: BytesMut::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The options this encoder writes with.
+    pub fn options(&self) -> CsvOptions {
+        self.options
+    }
+
+    /// The custom-field keys, in column order.
+    pub fn custom_keys(&self) -> &[String] {
+        &self.custom_keys
+    }
+
+    /// The header row as written: fixed columns, then custom-key headers (neutralised when the
+    /// options say so).
+    pub fn headers(&self) -> &[String] {
+        &self.headers
+    }
+
+    /// The header record, ending in `\n`.
+    pub fn encode_header(&mut self) -> Bytes {
+        let Self {
+            headers,
+            builder,
+            out,
+            ..
+        } = self;
+        let mut wtr = builder.from_writer((&mut *out).writer());
+        let written = wtr
+            .write_record(headers.iter())
+            .and_then(|()| wtr.flush().map_err(::csv::Error::from));
+        drop(wtr);
+        expect_in_memory(written);
+        out.split().freeze()
+    }
+
+    /// The records of `rows`, each ending in `\n`; empty for no rows.
+    pub fn encode_batch<'a>(&mut self, rows: impl IntoIterator<Item = &'a ContactRow>) -> Bytes {
+        let Self {
+            options,
+            custom_keys,
+            builder,
+            out,
+            scratch,
+            ..
+        } = self;
+        let mut wtr = builder.from_writer((&mut *out).writer());
+        let mut cells = Cells {
+            wtr: &mut wtr,
+            scratch,
+            neutralize: options.neutralize_formulas,
+        };
+        let mut written = Ok(());
+        for row in rows {
+            written = cells.row(custom_keys, row);
+            if written.is_err() {
+                break;
+            }
+        }
+        let written = written.and_then(|()| wtr.flush().map_err(::csv::Error::from));
+        drop(wtr);
+        expect_in_memory(written);
+        out.split().freeze()
+    }
+}
+
+/// Writing into a `BytesMut` cannot fail, and every record has the same number of fields by
+/// construction, so an error here is a bug in this module, not a condition to handle.
+fn expect_in_memory(result: ::csv::Result<()>) {
+    if let Err(err) = result {
+        panic!("CSV encoding into memory failed: {err}");
+    }
+}
+
+/// Writes the cells of one record, formatting through the shared scratch buffer.
+struct Cells<'w, 's, W: io::Write> {
+    wtr: &'w mut ::csv::Writer<W>,
+    scratch: &'s mut Vec<u8>,
+    neutralize: bool,
+}
+
+impl<W: io::Write> Cells<'_, '_, W> {
+    fn row(&mut self, custom_keys: &[String], row: &ContactRow) -> ::csv::Result<()> {
+        self.text(&row.email)?;
+        for field in [
+            &row.first_name,
+            &row.last_name,
+            &row.phone,
+            &row.company,
+            &row.notes,
+        ] {
+            self.text(field.as_deref().unwrap_or(""))?;
+        }
+        self.wtr.write_field(bool_text(row.is_unsubscribed))?;
+        self.scratch.clear();
+        write_timestamp(self.scratch, &row.created_at)?;
+        self.wtr.write_field(&self.scratch[..])?;
+        match row.custom_fields.as_object() {
+            Some(map) => {
+                for key in custom_keys {
+                    self.custom(map.get(key.as_str()))?;
+                }
+            }
+            None => {
+                for _ in custom_keys {
+                    self.wtr.write_field("")?;
+                }
+            }
+        }
+        self.wtr.write_record(None::<&[u8]>)
+    }
+
+    fn text(&mut self, text: &str) -> ::csv::Result<()> {
+        if self.neutralize && needs_neutralizing(text.as_bytes()) {
+            self.scratch.clear();
+            self.scratch.push(b'\'');
+            self.scratch.extend_from_slice(text.as_bytes());
+            self.wtr.write_field(&self.scratch[..])
+        } else {
+            self.wtr.write_field(text)
+        }
+    }
+
+    fn custom(&mut self, value: Option<&Value>) -> ::csv::Result<()> {
+        match value {
+            None | Some(Value::Null) => self.wtr.write_field(""),
+            Some(Value::String(s)) => self.text(s),
+            Some(Value::Bool(b)) => self.wtr.write_field(bool_text(*b)),
+            Some(Value::Number(n)) => self.formatted(|buf| write!(buf, "{n}")),
+            Some(nested @ (Value::Array(_) | Value::Object(_))) => {
+                self.formatted(|buf| serde_json::to_writer(buf, nested).map_err(io::Error::from))
+            }
+        }
+    }
+
+    /// Formats a cell after a reserved `'` in the scratch buffer, so that neutralising it
+    /// needs no second buffer. (JSON numbers, objects and arrays never start with a trigger;
+    /// the check stays so that the rule has no exceptions to keep in mind.)
+    fn formatted(
+        &mut self,
+        format: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+    ) -> ::csv::Result<()> {
+        self.scratch.clear();
+        self.scratch.push(b'\'');
+        format(self.scratch)?;
+        let start = usize::from(!(self.neutralize && needs_neutralizing(&self.scratch[1..])));
+        self.wtr.write_field(&self.scratch[start..])
+    }
+}
+
+fn bool_text(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
+}
+
+/// RFC 3339 in UTC with six fractional digits and `Z`; the same text as chrono's
+/// `to_rfc3339_opts(SecondsFormat::Micros, true)`, written without allocating.
+fn write_timestamp(out: &mut Vec<u8>, ts: &DateTime<Utc>) -> io::Result<()> {
+    let (date, time) = (ts.date_naive(), ts.time());
+    let year = date.year();
+    if (0..=9999).contains(&year) {
+        write!(out, "{year:04}")?;
+    } else {
+        // Outside four digits, ISO 8601's expanded form needs the sign (as chrono writes it).
+        write!(out, "{year:+05}")?;
+    }
+    let (mut second, mut nano) = (time.second(), time.nanosecond());
+    // chrono represents a leap second as nanoseconds past 1e9 on second 59.
+    if nano >= 1_000_000_000 {
+        second += 1;
+        nano -= 1_000_000_000;
+    }
+    write!(
+        out,
+        "-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        date.month(),
+        date.day(),
+        time.hour(),
+        time.minute(),
+        second,
+        nano / 1_000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{NaiveDate, SecondsFormat, TimeZone as _};
+    use serde_json::json;
+
+    const FIXED_HEADER: &str =
+        "email,first_name,last_name,phone,company,notes,is_unsubscribed,created_at";
+
+    fn ts(micros: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(micros).unwrap()
+    }
+
+    /// 2024-05-01T12:00:00.123456Z
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()
+            + chrono::Duration::microseconds(123_456)
+    }
+
+    fn row(email: &str) -> ContactRow {
+        ContactRow {
+            email: email.to_string(),
+            first_name: None,
+            last_name: None,
+            phone: None,
+            company: None,
+            notes: None,
+            is_unsubscribed: false,
+            created_at: t0(),
+            custom_fields: json!({}),
+        }
+    }
+
+    fn keys(ks: &[&str]) -> Vec<String> {
+        ks.iter().map(|k| k.to_string()).collect()
+    }
+
+    fn encode(keys_: &[&str], options: CsvOptions, rows: &[ContactRow]) -> String {
+        let mut enc = CsvEncoder::new(keys(keys_), options);
+        let mut out = enc.encode_header().to_vec();
+        out.extend_from_slice(&enc.encode_batch(rows));
+        String::from_utf8(out).unwrap()
+    }
+
+    fn body(keys_: &[&str], options: CsvOptions, rows: &[ContactRow]) -> String {
+        let mut enc = CsvEncoder::new(keys(keys_), options);
+        String::from_utf8(enc.encode_batch(rows).to_vec()).unwrap()
+    }
+
+    const ON: CsvOptions = CsvOptions {
+        neutralize_formulas: true,
+    };
+    const OFF: CsvOptions = CsvOptions {
+        neutralize_formulas: false,
+    };
+
+    #[test]
+    fn options_default_to_neutralising() {
+        assert!(CsvOptions::default().neutralize_formulas);
+    }
+
+    #[test]
+    fn header_without_custom_keys() {
+        let mut enc = CsvEncoder::new(vec![], CsvOptions::default());
+        assert_eq!(
+            &enc.encode_header()[..],
+            format!("{FIXED_HEADER}\n").as_bytes()
+        );
+        assert_eq!(headers(&[]), FIXED_COLUMNS.to_vec());
+        assert!(enc.encode_batch([]).is_empty());
+    }
+
+    #[test]
+    fn header_with_plain_custom_keys() {
+        assert_eq!(
+            encode(&["zip", "age"], ON, &[]),
+            format!("{FIXED_HEADER},age,zip\n")
+        );
+    }
+
+    #[test]
+    fn colliding_keys_get_qualified_and_numbered() {
+        let ks = keys(&["custom_fields.email", "email", "zip"]);
+        assert_eq!(
+            headers(&ks)[8..],
+            keys(&["custom_fields.email", "custom_fields.email (2)", "zip"])
+        );
+        assert_eq!(
+            encode(&["email", "custom_fields.email", "zip"], ON, &[]),
+            format!("{FIXED_HEADER},custom_fields.email,custom_fields.email (2),zip\n")
+        );
+
+        // A taken numbered name is skipped too.
+        let ks = keys(&["custom_fields.email", "custom_fields.email (2)", "email"]);
+        assert_eq!(
+            headers(&ks)[8..],
+            keys(&[
+                "custom_fields.email",
+                "custom_fields.email (2)",
+                "custom_fields.email (3)"
+            ])
+        );
+
+        // `company` sorts before `custom_fields.company`, which still keeps its own name.
+        let ks = keys(&["company", "created_at", "custom_fields.company"]);
+        assert_eq!(
+            headers(&ks)[8..],
+            keys(&[
+                "custom_fields.company (2)",
+                "custom_fields.created_at",
+                "custom_fields.company"
+            ])
+        );
+
+        // Case-sensitive: `Email` is not a fixed column name.
+        assert_eq!(headers(&keys(&["Email"]))[8..], keys(&["Email"]));
+
+        // Every fixed name as a key.
+        let all: Vec<String> = FIXED_COLUMNS.iter().map(|c| c.to_string()).collect();
+        let mut sorted = all.clone();
+        sort_keys(&mut sorted);
+        let hs = headers(&sorted);
+        let unique: HashSet<&String> = hs.iter().collect();
+        assert_eq!(unique.len(), 16);
+        assert!(hs[8..].iter().all(|h| h.starts_with("custom_fields.")));
+    }
+
+    #[test]
+    fn colliding_key_values_land_in_their_own_columns() {
+        let mut r = row("a@x");
+        r.custom_fields = json!({"email": "inner", "custom_fields.email": "outer"});
+        assert_eq!(
+            body(&["custom_fields.email", "email"], ON, &[r]),
+            "a@x,,,,,,false,2024-05-01T12:00:00.123456Z,outer,inner\n"
+        );
+    }
+
+    #[test]
+    fn headers_of_custom_keys_are_neutralised() {
+        assert_eq!(
+            encode(
+                &["=cmd", "+1", "-x", "@h", "\tt", "\rr", "-5", "ok"],
+                ON,
+                &[]
+            ),
+            format!("{FIXED_HEADER},'\tt,\"'\rr\",+1,-5,'-x,'=cmd,'@h,ok\n")
+        );
+        assert_eq!(
+            encode(
+                &["=cmd", "+1", "-x", "@h", "\tt", "\rr", "-5", "ok"],
+                OFF,
+                &[]
+            ),
+            format!("{FIXED_HEADER},\tt,\"\rr\",+1,-5,-x,=cmd,@h,ok\n")
+        );
+        // `headers` is the naming rule only.
+        assert_eq!(headers(&keys(&["=cmd"]))[8], "=cmd");
+    }
+
+    #[test]
+    fn neutralised_header_that_collides_is_numbered() {
+        let enc = CsvEncoder::new(keys(&["=x", "'=x"]), ON);
+        assert_eq!(enc.headers()[8..], keys(&["'=x", "'=x (2)"]));
+        assert_eq!(enc.custom_keys(), keys(&["'=x", "=x"]));
+        let enc = CsvEncoder::new(keys(&["=x", "'=x"]), OFF);
+        assert_eq!(enc.headers()[8..], keys(&["'=x", "=x"]));
+    }
+
+    #[test]
+    fn quoting() {
+        let mut r = row("a,b@x");
+        r.first_name = Some("say \"hi\"".into());
+        r.last_name = Some("cr\rhere".into());
+        r.phone = Some("lf\nhere".into());
+        r.company = Some("Zürich 株式会社 🚀".into());
+        r.notes = Some("crlf\r\nend".into());
+        r.custom_fields =
+            json!({"k": " spaced ", "q": "\"", "b": "back\\slash", "s": "semi;colon"});
+        assert_eq!(
+            body(&["b", "k", "q", "s"], ON, &[r]),
+            "\"a,b@x\",\"say \"\"hi\"\"\",\"cr\rhere\",\"lf\nhere\",Zürich 株式会社 🚀,\
+             \"crlf\r\nend\",false,2024-05-01T12:00:00.123456Z,back\\slash, spaced ,\"\"\"\",semi;colon\n"
+        );
+    }
+
+    #[test]
+    fn nulls_and_all_empty_row() {
+        assert_eq!(
+            body(&[], ON, &[row("")]),
+            ",,,,,,false,2024-05-01T12:00:00.123456Z\n"
+        );
+        let mut r = row("");
+        r.first_name = Some(String::new());
+        r.is_unsubscribed = true;
+        r.custom_fields = Value::Null;
+        assert_eq!(
+            body(&["a", "b"], ON, &[r]),
+            ",,,,,,true,2024-05-01T12:00:00.123456Z,,\n"
+        );
+    }
+
+    #[test]
+    fn missing_keys_leave_empty_cells() {
+        let mut a = row("a@x");
+        a.custom_fields = json!({"c": "C"});
+        let mut b = row("b@x");
+        b.custom_fields = json!({"a": "A", "zzz": "not a column"});
+        assert_eq!(
+            body(&["a", "b", "c"], ON, &[a, b]),
+            "a@x,,,,,,false,2024-05-01T12:00:00.123456Z,,,C\n\
+             b@x,,,,,,false,2024-05-01T12:00:00.123456Z,A,,\n"
+        );
+    }
+
+    #[test]
+    fn non_object_custom_fields_leave_empty_cells() {
+        for cf in [json!(null), json!("x"), json!([1, 2]), json!(3)] {
+            let mut r = row("a@x");
+            r.custom_fields = cf;
+            assert_eq!(
+                body(&["a", "b"], ON, &[r]),
+                "a@x,,,,,,false,2024-05-01T12:00:00.123456Z,,\n"
+            );
+        }
+    }
+
+    #[test]
+    fn nested_values_are_compact_json() {
+        let mut r = row("a@x");
+        r.custom_fields = json!({
+            "arr": [1, "two", null, {"x": true}],
+            "obj": {"b": {"c": null}, "a": [] },
+            "one": ["=x"],
+            "empty": {},
+        });
+        assert_eq!(
+            body(&["arr", "empty", "obj", "one"], ON, &[r]),
+            "a@x,,,,,,false,2024-05-01T12:00:00.123456Z,\
+             \"[1,\"\"two\"\",null,{\"\"x\"\":true}]\",{},\
+             \"{\"\"a\"\":[],\"\"b\"\":{\"\"c\"\":null}}\",\"[\"\"=x\"\"]\"\n"
+        );
+    }
+
+    #[test]
+    fn numbers_bools_and_null() {
+        let mut r = row("a@x");
+        r.custom_fields = json!({
+            "a": 1.5, "b": -5, "c": 0, "d": 18446744073709551615u64, "e": -9223372036854775808i64,
+            "f": 1e300, "g": -2.5e-7, "h": true, "i": false, "j": null, "k": "-5", "l": "true",
+        });
+        let ks = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
+        let expected = "a@x,,,,,,false,2024-05-01T12:00:00.123456Z,\
+             1.5,-5,0,18446744073709551615,-9223372036854775808,1e+300,-2.5e-7,true,false,,-5,true\n";
+        assert_eq!(body(&ks, ON, std::slice::from_ref(&r)), expected);
+        assert_eq!(body(&ks, OFF, &[r]), expected);
+    }
+
+    #[test]
+    fn timestamps() {
+        let cases = [
+            (t0(), "2024-05-01T12:00:00.123456Z"),
+            (
+                Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap(),
+                "2024-05-01T12:00:00.000000Z",
+            ),
+            (ts(0), "1970-01-01T00:00:00.000000Z"),
+            (ts(-1), "1969-12-31T23:59:59.999999Z"),
+            (ts(1_000_001), "1970-01-01T00:00:01.000001Z"),
+            // Sub-microsecond digits are cut, as PostgreSQL never has them.
+            (
+                DateTime::from_timestamp(1_714_564_800, 123_456_789).unwrap(),
+                "2024-05-01T12:00:00.123456Z",
+            ),
+            (
+                NaiveDate::from_ymd_opt(1, 1, 1)
+                    .unwrap()
+                    .and_hms_opt(0, 0, 0)
+                    .unwrap()
+                    .and_utc(),
+                "0001-01-01T00:00:00.000000Z",
+            ),
+            (
+                NaiveDate::from_ymd_opt(9999, 12, 31)
+                    .unwrap()
+                    .and_hms_micro_opt(23, 59, 59, 999_999)
+                    .unwrap()
+                    .and_utc(),
+                "9999-12-31T23:59:59.999999Z",
+            ),
+            (
+                NaiveDate::from_ymd_opt(10000, 1, 1)
+                    .unwrap()
+                    .and_hms_opt(0, 0, 0)
+                    .unwrap()
+                    .and_utc(),
+                "+10000-01-01T00:00:00.000000Z",
+            ),
+            (
+                NaiveDate::from_ymd_opt(-1, 1, 1)
+                    .unwrap()
+                    .and_hms_opt(0, 0, 0)
+                    .unwrap()
+                    .and_utc(),
+                "-0001-01-01T00:00:00.000000Z",
+            ),
+            (
+                NaiveDate::from_ymd_opt(2016, 12, 31)
+                    .unwrap()
+                    .and_hms_micro_opt(23, 59, 59, 1_500_000)
+                    .unwrap()
+                    .and_utc(),
+                "2016-12-31T23:59:60.500000Z",
+            ),
+        ];
+        for (t, want) in cases {
+            let mut buf = Vec::new();
+            write_timestamp(&mut buf, &t).unwrap();
+            assert_eq!(String::from_utf8(buf).unwrap(), want);
+            assert_eq!(t.to_rfc3339_opts(SecondsFormat::Micros, true), want);
+
+            let mut r = row("a@x");
+            r.created_at = t;
+            assert_eq!(body(&[], ON, &[r]), format!("a@x,,,,,,false,{want}\n"));
+        }
+    }
+
+    #[test]
+    fn plain_numbers() {
+        for yes in [
+            "0",
+            "-5",
+            "+5",
+            "+3.25",
+            "-1e5",
+            "1E+5",
+            "-2.5e-7",
+            "007",
+            "12345678901234567890",
+        ] {
+            assert!(is_plain_number(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "",
+            "-",
+            "+",
+            "-.5",
+            "5.",
+            "1e",
+            "1e+",
+            "--5",
+            "+-5",
+            "-5a",
+            "- 5",
+            "1,5",
+            "0x10",
+            "-inf",
+            "+1 555 0100",
+            "1.2.3",
+            "-1e5.0",
+        ] {
+            assert!(!is_plain_number(no.as_bytes()), "{no}");
+        }
+    }
+
+    #[test]
+    fn neutralisation_of_every_trigger() {
+        // (stored, written with neutralisation on, written with it off)
+        let cases = [
+            ("=1+1", "'=1+1", "=1+1"),
+            ("+cmd", "'+cmd", "+cmd"),
+            ("-cmd", "'-cmd", "-cmd"),
+            ("@SUM(A1)", "'@SUM(A1)", "@SUM(A1)"),
+            ("\t=x", "'\t=x", "\t=x"),
+            ("\r=x", "\"'\r=x\"", "\"\r=x\""),
+            ("=1,2", "\"'=1,2\"", "\"=1,2\""),
+            ("=\"x\"", "\"'=\"\"x\"\"\"", "\"=\"\"x\"\"\""),
+            ("+1 555 0100", "'+1 555 0100", "+1 555 0100"),
+            ("-", "'-", "-"),
+            ("-5", "-5", "-5"),
+            ("+3.25", "+3.25", "+3.25"),
+            ("-1e5", "-1e5", "-1e5"),
+            ("'=x", "'=x", "'=x"),
+            (" =x", " =x", " =x"),
+            ("a=b", "a=b", "a=b"),
+            ("", "", ""),
+        ];
+        for (raw, on, off) in cases {
+            let mut r = row(raw);
+            r.first_name = Some(raw.into());
+            r.last_name = Some(raw.into());
+            r.phone = Some(raw.into());
+            r.company = Some(raw.into());
+            r.notes = Some(raw.into());
+            r.custom_fields = json!({ "k": raw });
+            for (options, want) in [(ON, on), (OFF, off)] {
+                let cells = [want; 6].join(",");
+                assert_eq!(
+                    body(&["k"], options, std::slice::from_ref(&r)),
+                    format!("{cells},false,2024-05-01T12:00:00.123456Z,{want}\n"),
+                    "{options:?}: {raw:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bools_and_timestamps_never_trigger() {
+        let mut r = row("a@x");
+        r.is_unsubscribed = true;
+        r.created_at = NaiveDate::from_ymd_opt(-1, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        r.custom_fields = json!({"n": -5, "f": -1.5, "b": true});
+        assert_eq!(
+            body(&["b", "f", "n"], ON, &[r]),
+            "a@x,,,,,,true,-0001-01-01T00:00:00.000000Z,true,-1.5,-5\n"
+        );
+    }
+
+    #[test]
+    fn sort_keys_is_code_point_order_without_duplicates() {
+        let mut ks = keys(&["b", "a", "Z", "é", "a", "ä", "B", "", "𝔸", "\u{FFFF}"]);
+        sort_keys(&mut ks);
+        assert_eq!(
+            ks,
+            keys(&["", "B", "Z", "a", "b", "ä", "é", "\u{FFFF}", "𝔸"])
+        );
+    }
+
+    #[test]
+    fn keys_given_unsorted_are_sorted_by_the_encoder() {
+        let mut r = row("a@x");
+        r.custom_fields = json!({"a": 1, "b": 2});
+        assert_eq!(
+            encode(&["b", "a", "b"], ON, &[r]),
+            format!("{FIXED_HEADER},a,b\na@x,,,,,,false,2024-05-01T12:00:00.123456Z,1,2\n")
+        );
+    }
+
+    #[test]
+    fn batches_are_independent_chunks_of_one_file() {
+        let rows: Vec<ContactRow> = (0..2500)
+            .map(|i| {
+                let mut r = row(&format!("user{i}@x"));
+                r.notes = Some("n,\"".repeat(i % 7));
+                r.custom_fields = json!({"i": i});
+                r
+            })
+            .collect();
+        let mut enc = CsvEncoder::new(keys(&["i"]), ON);
+        let header = enc.encode_header();
+        let chunks: Vec<Bytes> = rows.chunks(1000).map(|c| enc.encode_batch(c)).collect();
+        let mut whole = CsvEncoder::new(keys(&["i"]), ON);
+        let mut expected = whole.encode_header().to_vec();
+        expected.extend_from_slice(&whole.encode_batch(&rows));
+
+        let mut joined = header.to_vec();
+        for c in &chunks {
+            assert!(c.ends_with(b"\n"));
+            joined.extend_from_slice(c);
+        }
+        assert_eq!(joined, expected);
+        assert_eq!(joined.iter().filter(|&&b| b == b'\n').count(), 2501);
+    }
+
+    #[test]
+    fn round_trip_through_a_csv_reader() {
+        let nasty = [
+            "",
+            " ",
+            "plain",
+            "a,b",
+            "\"",
+            "\"\"",
+            "\"quoted\"",
+            "line\nbreak",
+            "cr\ronly",
+            "crlf\r\n",
+            "\r\n",
+            "\n",
+            "trailing ",
+            " leading",
+            "tab\tinside",
+            "back\\slash",
+            "Zürich 株式会社 🚀 \u{202E}rtl",
+            "=HYPERLINK(\"http://x\",\"y\")",
+            "+1 555 0100",
+            "-5",
+            "-cmd",
+            "@x",
+            "\t=1",
+            "\r=1",
+            "'already",
+            "#comment-looking",
+            "\0nul",
+        ];
+        let mut rows = Vec::new();
+        for (i, s) in nasty.iter().enumerate() {
+            let other = nasty[(i + 1) % nasty.len()];
+            rows.push(ContactRow {
+                email: s.to_string(),
+                first_name: Some(other.to_string()),
+                last_name: None,
+                phone: Some(s.to_string()),
+                company: Some(String::new()),
+                notes: Some(format!("{s}{other}")),
+                is_unsubscribed: i % 2 == 0,
+                created_at: ts(1_714_564_800_123_456 + i as i64),
+                custom_fields: json!({ "s": s, "nested": { "v": s }, "=k": other }),
+            });
+        }
+        let custom = keys(&["=k", "missing", "nested", "s"]);
+        for options in [ON, OFF] {
+            let mut enc = CsvEncoder::new(custom.clone(), options);
+            let mut file = enc.encode_header().to_vec();
+            for chunk in rows.chunks(5) {
+                file.extend_from_slice(&enc.encode_batch(chunk));
+            }
+
+            let mut rdr = ::csv::ReaderBuilder::new()
+                .has_headers(true)
+                .flexible(false)
+                .from_reader(&file[..]);
+            let neutral = |s: &str| {
+                if options.neutralize_formulas && needs_neutralizing(s.as_bytes()) {
+                    format!("'{s}")
+                } else {
+                    s.to_string()
+                }
+            };
+            let got_headers: Vec<String> =
+                rdr.headers().unwrap().iter().map(String::from).collect();
+            assert_eq!(got_headers, enc.headers());
+            assert_eq!(got_headers[8], neutral("=k"));
+
+            let records: Vec<::csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+            assert_eq!(records.len(), rows.len());
+            for (r, rec) in rows.iter().zip(&records) {
+                let expected: Vec<String> = vec![
+                    neutral(&r.email),
+                    neutral(r.first_name.as_deref().unwrap_or("")),
+                    String::new(),
+                    neutral(r.phone.as_deref().unwrap_or("")),
+                    String::new(),
+                    neutral(r.notes.as_deref().unwrap_or("")),
+                    r.is_unsubscribed.to_string(),
+                    r.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+                    neutral(r.custom_fields["=k"].as_str().unwrap()),
+                    String::new(),
+                    serde_json::to_string(&r.custom_fields["nested"]).unwrap(),
+                    neutral(r.custom_fields["s"].as_str().unwrap()),
+                ];
+                let got: Vec<String> = rec.iter().map(String::from).collect();
+                assert_eq!(got, expected);
+                let back: DateTime<Utc> = DateTime::parse_from_rfc3339(&got[7]).unwrap().into();
+                assert_eq!(back, r.created_at);
+                let nested: Value = serde_json::from_str(&got[10]).unwrap();
+                assert_eq!(nested, r.custom_fields["nested"]);
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Step names and the ways a step can end other than success.
+
+/// The steps of `process-export`, in order.
+pub const RESOLVE_TAG_FILTER: &str = "resolve-tag-filter";
+pub const RESOLVE_EXPORT_METADATA: &str = "resolve-export-metadata";
+pub const STREAM_EXPORT: &str = "stream-export";
+pub const SEND_NOTIFICATION: &str = "send-notification";
+
+/// Why a step did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The caller cancelled the export.
+    #[error("cancelled")]
+    Cancelled,
+    /// Another worker holds the job now (our lease expired): stop touching it.
+    #[error("lease lost")]
+    LeaseLost,
+    /// This process is shutting down; the job is released for another worker.
+    #[error("shutting down")]
+    Shutdown,
+    /// A real failure. `public` is what the caller reads in `error_message`; `source` goes to
+    /// the logs only.
+    #[error("{public}: {source}")]
+    Failed {
+        public: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+        kind: FailureKind,
+    },
+}
+
+/// Where a failure happened, which decides what a retry must redo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Reading from the database: the snapshot's transaction may be gone, open a fresh one.
+    Read,
+    /// Writing to storage: the snapshot is intact and can be read again.
+    Write,
+    /// Not worth retrying (a broken invariant).
+    Fatal,
+}
+
+impl StepError {
+    /// A failure with a caller-safe message.
+    pub fn failed(
+        kind: FailureKind,
+        public: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StepError::Failed {
+            public: public.into(),
+            source: source.into(),
+            kind,
+        }
+    }
+
+    /// A database failure while reading contacts.
+    pub fn read(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StepError::failed(
+            FailureKind::Read,
+            "reading contacts from the database failed",
+            source,
+        )
+    }
+
+    /// A storage failure while writing the file.
+    pub fn write(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StepError::failed(
+            FailureKind::Write,
+            "writing the export file to storage failed",
+            source,
+        )
+    }
+}
+
+impl From<diesel::result::Error> for StepError {
+    fn from(e: diesel::result::Error) -> Self {
+        StepError::read(e)
+    }
+}
+
+impl From<crate::db::DbError> for StepError {
+    fn from(e: crate::db::DbError) -> Self {
+        StepError::read(e)
+    }
+}

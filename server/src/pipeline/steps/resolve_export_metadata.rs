@@ -1,0 +1,38 @@
+//! Step 2: the custom-field columns and the row count, from the export's snapshot.
+
+use serde::{Deserialize, Serialize};
+
+use crate::db::DbError;
+use crate::pipeline::PipelineContext;
+use crate::pipeline::csv::sort_keys;
+use crate::pipeline::selection::Selection;
+use crate::pipeline::snapshot::Snapshot;
+use crate::pipeline::step::StepError;
+
+/// The persisted output. It describes one snapshot: a new snapshot needs it recomputed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportMetadata {
+    /// Data rows the file will hold.
+    pub total_rows: i64,
+    /// Custom-field keys of those rows, sorted by code point.
+    pub custom_keys: Vec<String>,
+}
+
+/// Counts rows and collects keys, the two queries side by side in `snapshot`.
+pub async fn run(
+    ctx: &PipelineContext,
+    snapshot: &Snapshot,
+    selection: &Selection,
+) -> Result<ExportMetadata, StepError> {
+    let mut count_conn = ctx.pool.get().await.map_err(DbError::from)?;
+    let mut keys_conn = ctx.pool.get().await.map_err(DbError::from)?;
+    let (total_rows, mut custom_keys) = tokio::try_join!(
+        snapshot.count(&mut count_conn, selection),
+        snapshot.keys(&mut keys_conn, selection),
+    )?;
+    sort_keys(&mut custom_keys);
+    Ok(ExportMetadata {
+        total_rows,
+        custom_keys,
+    })
+}

@@ -1,0 +1,66 @@
+//! Step 4: tell the requester that the file is ready, if the workspace wants mail.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::{Deserialize, Serialize};
+
+use crate::db::schema::{users, workspaces};
+use crate::exports::ExportRecord;
+use crate::mail::Mailer;
+use crate::pipeline::step::{FailureKind, StepError};
+
+/// The persisted output: whom it was sent to, or why not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Notification {
+    Sent { to: String },
+    Skipped { reason: String },
+}
+
+fn skipped(reason: &str) -> Notification {
+    Notification::Skipped {
+        reason: reason.to_owned(),
+    }
+}
+
+/// Sends the mail, or says why it was not sent.
+pub async fn run(
+    conn: &mut AsyncPgConnection,
+    mailer: Option<&Mailer>,
+    export: &ExportRecord,
+    rows: i64,
+) -> Result<Notification, StepError> {
+    let Some(mailer) = mailer else {
+        return Ok(skipped("no mail transport configured"));
+    };
+    let enabled: Option<bool> = workspaces::table
+        .find(export.workspace_id)
+        .select(workspaces::notifications_enabled)
+        .first(conn)
+        .await
+        .optional()?;
+    if enabled != Some(true) {
+        return Ok(skipped("notifications disabled for the workspace"));
+    }
+    let email: Option<Option<String>> = users::table
+        .find(export.user_id)
+        .select(users::email)
+        .first(conn)
+        .await
+        .optional()?;
+    let Some(to) = email.flatten().filter(|e| !e.trim().is_empty()) else {
+        return Ok(skipped("requester has no email address"));
+    };
+    let subject = format!("Your contact export {} is ready", export.filename);
+    let body = format!(
+        "Your export of {rows} contacts is ready.\n\n\
+         File: {}\nExport id: {}\n\n\
+         Download it with `exportctl download {} -o {}` or the DownloadExport call.\n",
+        export.filename, export.id, export.id, export.filename
+    );
+    mailer
+        .send(&to, &subject, body)
+        .await
+        .map_err(|e| StepError::failed(FailureKind::Write, "sending the notification failed", e))?;
+    Ok(Notification::Sent { to })
+}

@@ -1,0 +1,124 @@
+//! Step 3: the file. One ordered scan of the snapshot, a batch at a time, through the CSV
+//! encoder into a storage writer that is closed on success and aborted on any failure.
+
+use opendal::Writer;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::resolve_export_metadata::ExportMetadata;
+use crate::pipeline::PipelineContext;
+use crate::pipeline::csv::{CsvEncoder, CsvOptions};
+use crate::pipeline::job_state::JobState;
+use crate::pipeline::runner::Interrupts;
+use crate::pipeline::selection::Selection;
+use crate::pipeline::snapshot::Snapshot;
+use crate::pipeline::step::{FailureKind, StepError};
+use crate::storage::CSV_CONTENT_TYPE;
+
+/// Multipart chunk of the storage writer: large parts for object stores, fewer requests.
+const UPLOAD_CHUNK: usize = 8 << 20;
+
+/// The persisted output: what was written where.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredFile {
+    pub storage_key: String,
+    pub size_bytes: i64,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+    pub rows: i64,
+}
+
+/// What one attempt reads and where it writes.
+pub struct StreamInput<'a> {
+    /// `None` when the tag filter matched nobody: a header-only file.
+    pub snapshot: Option<&'a mut Snapshot>,
+    pub selection: &'a Selection,
+    pub metadata: &'a ExportMetadata,
+    pub options: CsvOptions,
+    pub storage_key: &'a str,
+}
+
+/// Writes the whole file once.
+pub async fn run(
+    ctx: &PipelineContext,
+    state: &JobState<'_>,
+    interrupts: &Interrupts,
+    input: StreamInput<'_>,
+) -> Result<StoredFile, StepError> {
+    let mut writer = ctx
+        .storage
+        .writer_with(input.storage_key)
+        .chunk(UPLOAD_CHUNK)
+        .content_type(CSV_CONTENT_TYPE)
+        .await
+        .map_err(StepError::write)?;
+    let storage_key = input.storage_key.to_owned();
+    match write_rows(ctx, state, interrupts, input, &mut writer).await {
+        Ok((size_bytes, sha256, rows)) => {
+            writer.close().await.map_err(StepError::write)?;
+            Ok(StoredFile {
+                storage_key,
+                size_bytes,
+                sha256,
+                rows,
+            })
+        }
+        Err(e) => {
+            // Leave no partial object behind; the step's own error is the one that matters.
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(error = %abort, "aborting the storage writer failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Encodes and writes; returns (bytes, sha256 hex, data rows).
+async fn write_rows(
+    ctx: &PipelineContext,
+    state: &JobState<'_>,
+    interrupts: &Interrupts,
+    input: StreamInput<'_>,
+    writer: &mut Writer,
+) -> Result<(i64, String, i64), StepError> {
+    let mut encoder = CsvEncoder::new(input.metadata.custom_keys.clone(), input.options);
+    let mut hasher = Sha256::new();
+    let mut size = 0i64;
+    let mut rows = 0i64;
+
+    let header = encoder.encode_header();
+    hasher.update(&header);
+    size += header.len() as i64;
+    writer.write(header).await.map_err(StepError::write)?;
+
+    if let Some(snapshot) = input.snapshot {
+        snapshot.open_cursor(input.selection).await?;
+        loop {
+            interrupts.check()?;
+            let batch = snapshot.fetch(ctx.batch_size).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let bytes = encoder.encode_batch(&batch);
+            rows += batch.len() as i64;
+            drop(batch);
+            hasher.update(&bytes);
+            size += bytes.len() as i64;
+            writer.write(bytes).await.map_err(StepError::write)?;
+            state.progress(rows).await?;
+        }
+    }
+
+    // One snapshot feeds count and rows: a difference is a bug, never a file to hand out.
+    if rows != input.metadata.total_rows {
+        return Err(StepError::failed(
+            FailureKind::Fatal,
+            "internal consistency check failed",
+            format!(
+                "wrote {rows} rows, metadata counted {}",
+                input.metadata.total_rows
+            ),
+        ));
+    }
+    Ok((size, hex::encode(hasher.finalize()), rows))
+}

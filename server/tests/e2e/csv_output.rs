@@ -1,0 +1,192 @@
+//! What lands in the file: every byte, compared with a CSV the test builds itself.
+
+use contact_export_client::ExportStatus;
+use serde_json::json;
+
+use super::expected::expected_csv;
+use super::fixture::{Contact, tag_contact};
+use super::harness::TestApp;
+use super::{all_contacts, download_all, raw_cells, run_export, tagged};
+
+fn nasty_contacts() -> Vec<Contact> {
+    let mut a = Contact::numbered(1).with_custom(json!({"plan": "gold", "seats": 12, "vip": true}));
+    a.notes = Some("likes \"quotes\", commas,\nand newlines\r\ntoo".into());
+    a.first_name = Some("José".into());
+    a.last_name = Some("Zoë 李".into());
+    let mut b = Contact::numbered(2).with_custom(json!({
+        "plan": null, "nested": {"a": [1, 2]}, "list": ["x", "y"], "email": "shadow@example.com"
+    }));
+    b.company = None;
+    b.phone = Some("+1 555 0100".into());
+    b.notes = Some("=HYPERLINK(\"http://evil\")".into());
+    let mut c = Contact::numbered(3)
+        .with_custom(json!({"seats": -5, "ratio": 1.5, "note": "-5", "cmd": "@SUM(A1)"}));
+    c.first_name = Some("\tTabbed".into());
+    c.last_name = Some("-minus".into());
+    c.email = "plain@example.com".into();
+    let d = Contact::numbered(4);
+    vec![a, b, c, d]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_contacts_export_matches_the_expected_csv_byte_for_byte() {
+    let app = TestApp::spawn().await;
+    let contacts = nasty_contacts();
+    app.ws.insert(&app.db, &contacts).await;
+    // Another workspace's contacts must not leak into this file.
+    let other = super::fixture::Workspace::create(&app.db, app.addr, false).await;
+    other.insert(&app.db, &[Contact::numbered(99)]).await;
+
+    let done = run_export(&app.ws.client, all_contacts()).await;
+    assert_eq!(done.status(), ExportStatus::Completed, "{done:?}");
+    assert_eq!(done.total_rows, 4);
+    assert_eq!(done.processed_rows, 4);
+    assert_eq!(done.attempt, 1);
+    let file = download_all(&app.ws.client, &done.id).await;
+    let refs: Vec<&Contact> = contacts.iter().collect();
+    assert_eq!(file, expected_csv(&refs, true));
+    assert_eq!(done.size_bytes as usize, file.len());
+    // The colliding key and a few decisions, spelled out rather than only through the builder.
+    assert!(file.starts_with(
+        "email,first_name,last_name,phone,company,notes,is_unsubscribed,created_at,\
+         cmd,custom_fields.email,list,nested,note,plan,ratio,seats,vip\n"
+    ));
+    assert!(
+        file.contains(",'+1 555 0100,"),
+        "phone numbers are neutralised"
+    );
+    assert!(file.contains(
+        "\nplain@example.com,'\tTabbed,'-minus,,Acme,,true,2024-05-01T12:00:03.123456Z,'@SUM(A1),,,,-5,,1.5,-5,\n"
+    ));
+    assert!(file.contains("2024-05-01T12:00:01.123456Z"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neutralisation_can_be_turned_off() {
+    let app = TestApp::spawn().await;
+    let contacts = nasty_contacts();
+    app.ws.insert(&app.db, &contacts).await;
+    let done = run_export(&app.ws.client, raw_cells(all_contacts())).await;
+    assert_eq!(done.status(), ExportStatus::Completed);
+    let file = download_all(&app.ws.client, &done.id).await;
+    let refs: Vec<&Contact> = contacts.iter().collect();
+    assert_eq!(file, expected_csv(&refs, false));
+    assert!(file.contains("\"=HYPERLINK(\"\"http://evil\"\")\""));
+    assert!(file.contains(",+1 555 0100,"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_filter_is_any_of_and_counts_each_contact_once() {
+    let app = TestApp::spawn().await;
+    let red = app.ws.tag(&app.db, "red").await;
+    let blue = app.ws.tag(&app.db, "blue").await;
+    let green = app.ws.tag(&app.db, "green").await;
+    let contacts: Vec<Contact> = (1..=6)
+        .map(|n| Contact::numbered(n).with_custom(json!({ format!("k{n}"): n })))
+        .collect();
+    let ids = app.ws.insert(&app.db, &contacts).await;
+    tag_contact(&app.db, ids[0], red).await;
+    tag_contact(&app.db, ids[0], blue).await; // both tags: still one row
+    tag_contact(&app.db, ids[2], blue).await;
+    tag_contact(&app.db, ids[3], green).await; // not asked for
+    tag_contact(&app.db, ids[5], red).await;
+
+    let done = run_export(&app.ws.client, tagged(&[red, blue])).await;
+    assert_eq!(done.status(), ExportStatus::Completed, "{done:?}");
+    assert_eq!(done.total_rows, 3);
+    let file = download_all(&app.ws.client, &done.id).await;
+    // Only the selected rows' keys become columns.
+    let expected = expected_csv(&[&contacts[0], &contacts[2], &contacts[5]], true);
+    assert_eq!(file, expected);
+    assert!(file.lines().next().unwrap().ends_with(",k1,k3,k6"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_matches_give_a_header_only_file() {
+    let app = TestApp::spawn().await;
+    let unused = app.ws.tag(&app.db, "unused").await;
+    app.ws
+        .insert(
+            &app.db,
+            &[Contact::numbered(1).with_custom(json!({"k": 1}))],
+        )
+        .await;
+    let done = run_export(&app.ws.client, tagged(&[unused])).await;
+    assert_eq!(done.status(), ExportStatus::Completed, "{done:?}");
+    assert_eq!(done.total_rows, 0);
+    assert_eq!(done.processed_rows, 0);
+    let file = download_all(&app.ws.client, &done.id).await;
+    assert_eq!(
+        file,
+        "email,first_name,last_name,phone,company,notes,is_unsubscribed,created_at\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_keys_leave_empty_cells_and_columns_never_shift() {
+    let app = TestApp::spawn().await;
+    let contacts = vec![
+        Contact::numbered(1).with_custom(json!({"b": "x"})),
+        Contact::numbered(2).with_custom(json!({"a": "y", "c": "z"})),
+        Contact::numbered(3),
+        // Code-point order, not a collation: "B" < "_" < "a" < "é".
+        Contact::numbered(4).with_custom(json!({"é": 1, "B": 2, "_": 3})),
+    ];
+    app.ws.insert(&app.db, &contacts).await;
+    let done = run_export(&app.ws.client, all_contacts()).await;
+    let file = download_all(&app.ws.client, &done.id).await;
+    let refs: Vec<&Contact> = contacts.iter().collect();
+    assert_eq!(file, expected_csv(&refs, true));
+    assert!(file.lines().next().unwrap().ends_with(",B,_,a,b,c,é"));
+    let columns = file.lines().next().unwrap().split(',').count();
+    for line in file.lines() {
+        assert_eq!(line.split(',').count(), columns, "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filenames_are_sanitised_and_defaulted() {
+    let app = TestApp::spawn().await;
+    let client = &app.ws.client;
+    let named = |f: &str| contact_export_client::CreateExportRequest {
+        filename: f.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        client.create(named("report")).await.unwrap().filename,
+        "report.csv"
+    );
+    assert_eq!(
+        client.create(named("Q1.CSV")).await.unwrap().filename,
+        "Q1.CSV"
+    );
+    assert_eq!(
+        client
+            .create(named("../../etc/passwd"))
+            .await
+            .unwrap()
+            .filename,
+        "_.._etc_passwd.csv"
+    );
+    assert_eq!(
+        client
+            .create(named(".hidden\u{202E}txt"))
+            .await
+            .unwrap()
+            .filename,
+        "hiddentxt.csv"
+    );
+    let long = client
+        .create(named(&"é".repeat(300)))
+        .await
+        .unwrap()
+        .filename;
+    assert!(long.len() <= 200 && long.ends_with(".csv"), "{long}");
+    let default = client.create(named("")).await.unwrap().filename;
+    assert!(
+        default.starts_with("contacts-")
+            && default.ends_with(".csv")
+            && default.len() == "contacts-20260101-000000.csv".len(),
+        "{default}"
+    );
+}

@@ -1,0 +1,249 @@
+//! The test harness: one private PostgreSQL per test binary (or `TEST_DATABASE_URL`), a
+//! migrated template database, a fresh clone per test, and the real service on 127.0.0.1:0.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use contact_export_client::ExportClient;
+use contact_export_server::app::{Application, Settings};
+use contact_export_server::db;
+use contact_export_server::dev::fixture::CRM_SCHEMA;
+use contact_export_server::mail::Mailer;
+use contact_export_server::pg::cluster::Cluster;
+use contact_export_server::pipeline::RetryPolicy;
+use contact_export_server::worker::WorkerConfig;
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
+use opendal::Operator;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::fixture::Workspace;
+
+const TEMPLATE: &str = "exportd_test_template";
+
+/// Where test databases are made: the admin URL and a function from a database name to its URL.
+struct Server {
+    /// URL of the `postgres` database, for CREATE DATABASE.
+    admin_url: String,
+    /// URL with `{db}` where the database name goes.
+    url_pattern: String,
+    /// Keeps a private cluster alive for the whole test binary (it dies with the process).
+    _cluster: Option<Cluster>,
+}
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        // Async set-up on a runtime of its own: the caller may be inside another runtime.
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(start_server())
+        })
+        .join()
+        .expect("starting the test database server")
+    })
+}
+
+async fn start_server() -> Server {
+    let (cluster, admin_url, url_pattern) = match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) => {
+            // Each test gets its own database: swap the URL's database name for `{db}`.
+            let (path, query) = match url.split_once('?') {
+                Some((path, query)) => (path.to_owned(), format!("?{query}")),
+                None => (url.clone(), String::new()),
+            };
+            let (base, _) = path
+                .rsplit_once('/')
+                .expect("TEST_DATABASE_URL names a database");
+            (None, url.clone(), format!("{base}/{{db}}{query}"))
+        }
+        Err(_) => {
+            let dir = std::env::temp_dir().join(format!("exportd-test-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("test cluster folder");
+            let cluster = tokio::task::spawn_blocking(move || Cluster::start(&dir))
+                .await
+                .unwrap()
+                .expect("starting the test PostgreSQL");
+            let admin = cluster.url("postgres");
+            let pattern = cluster
+                .url("dbplaceholder")
+                .replace("dbplaceholder", "{db}");
+            (Some(cluster), admin, pattern)
+        }
+    };
+    let template_url = url_pattern.replace("{db}", TEMPLATE);
+    let mut admin = db::connect(&admin_url).await.expect("admin connection");
+    // Two statements: neither may run inside the implicit transaction of a batch.
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)"),
+        format!("CREATE DATABASE {TEMPLATE}"),
+    ] {
+        admin
+            .batch_execute(&statement)
+            .await
+            .expect("creating the template database");
+    }
+    {
+        let mut conn = db::connect(&template_url)
+            .await
+            .expect("template connection");
+        conn.batch_execute(CRM_SCHEMA)
+            .await
+            .expect("CRM fixture schema");
+    }
+    db::migrate(&template_url).await.expect("migrations");
+    Server {
+        admin_url,
+        url_pattern,
+        _cluster: cluster,
+    }
+}
+
+/// A database of one test, cloned from the migrated template.
+pub struct TestDb {
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let server = server();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = db::connect(&server.admin_url)
+            .await
+            .expect("admin connection");
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {name} TEMPLATE {TEMPLATE} STRATEGY FILE_COPY"
+            ))
+            .await
+            .expect("cloning the template");
+        TestDb {
+            url: server.url_pattern.replace("{db}", &name),
+        }
+    }
+
+    pub async fn conn(&self) -> AsyncPgConnection {
+        db::connect(&self.url).await.expect("test connection")
+    }
+}
+
+/// How a test wants its service.
+pub struct AppOptions {
+    pub storage: Operator,
+    pub mailer: Option<Mailer>,
+    pub batch_size: usize,
+    pub workers: usize,
+    pub retry: RetryPolicy,
+    pub lease: Duration,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            storage: Operator::via_iter("memory", []).expect("memory storage"),
+            mailer: None,
+            batch_size: 7,
+            workers: 2,
+            retry: RetryPolicy {
+                stream_retries: 2,
+                max_total_stream_attempts: 6,
+                backoff: Duration::from_millis(20),
+            },
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running service and what a test needs around it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    pub storage: Operator,
+    /// A workspace with a user that has an email, and a client with its token.
+    pub ws: Workspace,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(AppOptions::default()).await
+    }
+
+    pub async fn spawn_with(options: AppOptions) -> TestApp {
+        let db = TestDb::new().await;
+        TestApp::spawn_on(db, options).await
+    }
+
+    /// A service on an existing database (a second replica, or a restart).
+    pub async fn spawn_on(db: TestDb, options: AppOptions) -> TestApp {
+        let mut worker = WorkerConfig::new(options.workers);
+        worker.lease = options.lease;
+        let settings = Settings {
+            database_url: db.url.clone(),
+            storage: options.storage.clone(),
+            mailer: options.mailer,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            worker,
+            batch_size: options.batch_size,
+            retry: options.retry,
+        };
+        let app = Application::build(settings)
+            .await
+            .expect("building the app");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            app.run_until_stopped(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("app ran");
+        });
+        let ws = Workspace::create(&db, addr, true).await;
+        TestApp {
+            addr,
+            db,
+            storage: options.storage,
+            ws,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    /// A client with another token (or none valid at all).
+    pub async fn client_with_token(&self, token: &str) -> ExportClient {
+        ExportClient::connect(&format!("http://{}", self.addr), token)
+            .await
+            .expect("client connects")
+    }
+
+    /// Stops the service gracefully and waits for it.
+    pub async fn stop(mut self) -> TestDb {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(20), handle)
+                .await
+                .expect("app stops in time")
+                .expect("app task");
+        }
+        TestDb {
+            url: self.db.url.clone(),
+        }
+    }
+}
+
+/// Waits for a future, failing the test instead of hanging it.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}

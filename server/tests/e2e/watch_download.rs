@@ -1,0 +1,178 @@
+//! WatchExport's sequence and DownloadExport's ranges.
+
+use contact_export_client::ExportStatus;
+use futures::StreamExt;
+use tonic::Code;
+
+use super::expected::expected_csv;
+use super::fixture::Contact;
+use super::harness::{AppOptions, TestApp, within};
+use super::{all_contacts, download_all, run_export};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_starts_with_the_current_state_and_ends_at_the_terminal_one() {
+    // An API-only replica takes the request and the watch; a second replica on the same
+    // database runs the job, so progress reaches the watcher through NOTIFY.
+    let api = TestApp::spawn_with(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await;
+    let contacts: Vec<Contact> = (1..=60).map(Contact::numbered).collect();
+    api.ws.insert(&api.db, &contacts).await;
+    let created = api.ws.client.create(all_contacts()).await.unwrap();
+    let mut watch = api.ws.client.watch(&created.id).await.unwrap();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.status(), ExportStatus::Pending);
+    assert_eq!(first, api.ws.client.get(&created.id).await.unwrap());
+
+    let worker_db = super::harness::TestDb {
+        url: api.db.url.clone(),
+    };
+    let _worker = TestApp::spawn_on(
+        worker_db,
+        AppOptions {
+            batch_size: 7,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut seen = vec![first];
+    while let Some(message) = within("the next watch message", watch.next()).await {
+        seen.push(message.unwrap());
+    }
+    let last = seen.last().unwrap();
+    assert_eq!(last.status(), ExportStatus::Completed, "{seen:#?}");
+    assert_eq!(last.processed_rows, 60);
+    assert_eq!(last.total_rows, 60);
+    for pair in seen.windows(2) {
+        assert_ne!(pair[0], pair[1], "no message repeats the previous state");
+        if pair[0].attempt == pair[1].attempt {
+            assert!(
+                pair[1].processed_rows >= pair[0].processed_rows,
+                "{seen:#?}"
+            );
+        }
+    }
+    assert!(seen.iter().any(|e| e.status() == ExportStatus::Processing));
+    // Only terminal messages after the first terminal one: none, since the stream ended there.
+    assert_eq!(
+        seen.iter()
+            .filter(|e| e.status() == ExportStatus::Completed)
+            .count(),
+        1
+    );
+    // A watch of a finished export is one message.
+    let again: Vec<_> = api
+        .ws
+        .client
+        .watch(&created.id)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].as_ref().unwrap(), last);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_reassemble_the_file_and_bad_ranges_are_refused() {
+    let app = TestApp::spawn_with(AppOptions {
+        batch_size: 100,
+        ..AppOptions::default()
+    })
+    .await;
+    let contacts: Vec<Contact> = (1..=700)
+        .map(|n| {
+            let mut c = Contact::numbered(n);
+            c.notes = Some(format!("{n}:{}", "lorem ipsum, \"dolor\" ".repeat(40)));
+            c
+        })
+        .collect();
+    app.ws.insert(&app.db, &contacts).await;
+    let done = run_export(&app.ws.client, all_contacts()).await;
+    assert_eq!(done.status(), ExportStatus::Completed);
+    let whole = download_all(&app.ws.client, &done.id).await;
+    let refs: Vec<&Contact> = contacts.iter().collect();
+    assert_eq!(whole, expected_csv(&refs, true));
+    let size = whole.len() as i64;
+    assert!(size > 600_000, "large enough for several chunks: {size}");
+
+    // Whole download in bounded chunks, metadata first, content-disposition beside it.
+    let download = app.ws.client.download(&done.id, 0, 0).await.unwrap();
+    assert_eq!(download.metadata.size_bytes, size);
+    assert_eq!(download.metadata.filename, done.filename);
+    assert_eq!(download.metadata.sha256, done.sha256);
+    assert_eq!(download.metadata.content_type, "text/csv; charset=utf-8");
+    let disposition = download.content_disposition.clone().unwrap();
+    assert!(
+        disposition.starts_with(&format!("attachment; filename=\"{}\"", done.filename)),
+        "{disposition}"
+    );
+    let chunks: Vec<_> = download.chunks.collect().await;
+    assert!(chunks.len() >= 3);
+    for chunk in &chunks {
+        let len = chunk.as_ref().unwrap().len();
+        assert!(len > 0 && len <= 256 * 1024, "{len}");
+    }
+
+    // Ranges of odd sizes, back to back, rebuild the file.
+    let mut rebuilt = Vec::new();
+    let mut offset = 0i64;
+    for limit in [1i64, 999, 65_537, 300_001].into_iter().cycle() {
+        if offset >= size {
+            break;
+        }
+        let part = app
+            .ws
+            .client
+            .download(&done.id, offset, limit)
+            .await
+            .unwrap();
+        assert_eq!(
+            part.metadata.size_bytes, size,
+            "metadata describes the whole file"
+        );
+        let bytes: Vec<u8> = part
+            .chunks
+            .map(|c| c.unwrap())
+            .collect::<Vec<_>>()
+            .await
+            .concat();
+        assert_eq!(bytes.len() as i64, limit.min(size - offset));
+        offset += bytes.len() as i64;
+        rebuilt.extend(bytes);
+    }
+    assert_eq!(rebuilt, whole.as_bytes());
+
+    // At the end: metadata and no data. Past it: OUT_OF_RANGE.
+    let at_end = app.ws.client.download(&done.id, size, 0).await.unwrap();
+    assert_eq!(at_end.chunks.collect::<Vec<_>>().await.len(), 0);
+    let status = app
+        .ws
+        .client
+        .download(&done.id, size + 1, 0)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::OutOfRange);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_export_cannot_be_downloaded() {
+    let app = TestApp::spawn_with(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await;
+    let pending = app.ws.client.create(all_contacts()).await.unwrap();
+    let status = app
+        .ws
+        .client
+        .download(&pending.id, 0, 0)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("PENDING"), "{status:?}");
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real service over gRPC on loopback, a real PostgreSQL, our own client.
 
 mod api_errors;
+mod consistency;
 mod csv_output;
 mod expected;
 mod fixture;

@@ -1,0 +1,179 @@
+//! `exportd dev`, the embedded default, as a user runs it: the real binary, its own PostgreSQL,
+//! the ready line, a real export through the client, restart, SIGTERM and kill -9.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use contact_export_client::{CreateExportRequest, ExportClient, ExportStatus};
+use diesel::sql_types::BigInt;
+use diesel_async::RunQueryDsl;
+
+/// The fields of the `ready …` line.
+struct Ready {
+    grpc: String,
+    token: String,
+    database: String,
+}
+
+fn start_dev(data_dir: &Path, seed: u64) -> (Child, Ready) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exportd"))
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--seed-contacts",
+            &seed.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("exportd starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = lines
+        .next()
+        .expect("exportd printed a line before exiting")
+        .unwrap();
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let field = |name: &str| {
+        line.split(' ')
+            .find_map(|part| part.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+            .to_owned()
+    };
+    assert!(line.starts_with("ready "), "{line}");
+    let ready = Ready {
+        grpc: field("grpc"),
+        token: field("token"),
+        database: field("database"),
+    };
+    (child, ready)
+}
+
+fn postmaster_pid(data_dir: &Path) -> i32 {
+    // The cluster may live elsewhere when the postgres user cannot enter `data_dir`.
+    let pgdata = match std::fs::read_to_string(data_dir.join("pgdata-location")) {
+        Ok(location) => Path::new(location.trim()).to_path_buf(),
+        Err(_) => data_dir.join("pgdata"),
+    };
+    let pid_file = std::fs::read_to_string(pgdata.join("postmaster.pid")).expect("postmaster.pid");
+    pid_file.lines().next().unwrap().trim().parse().unwrap()
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn wait_gone(pid: i32, within: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+async fn contacts(database: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = contact_export_server::db::connect(database).await.unwrap();
+    let N { n } = diesel::sql_query("SELECT count(*) AS n FROM contacts")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_exports_restarts_on_its_data_and_stops_cleanly() {
+    // A folder only its owner can enter, like `mktemp -d`: PostgreSQL must still start.
+    let root = tempfile::tempdir().unwrap();
+    let data_dir = root.path().join("data");
+
+    let (mut child, ready) = start_dev(&data_dir, 300);
+    assert!(
+        ready.database.starts_with("postgres://postgres@127.0.0.1:"),
+        "{}",
+        ready.database
+    );
+    assert_eq!(contacts(&ready.database).await, 300);
+    if let Ok(psql) = Command::new("psql")
+        .arg(&ready.database)
+        .args(["-tAc", "SELECT 1"])
+        .output()
+    {
+        assert_eq!(
+            String::from_utf8_lossy(&psql.stdout).trim(),
+            "1",
+            "psql accepts the URL"
+        );
+    }
+    let client = ExportClient::connect(&ready.grpc, ready.token.clone())
+        .await
+        .unwrap();
+    let created = client.create(CreateExportRequest::default()).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(60), client.wait(&created.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status(), ExportStatus::Completed);
+    assert_eq!(done.total_rows, 300);
+    let mut file = Vec::new();
+    client
+        .download_to(&done.id, &mut file, |_, _| {})
+        .await
+        .unwrap();
+    let rows = csv::Reader::from_reader(&file[..])
+        .records()
+        .map(Result::unwrap)
+        .count();
+    assert_eq!(rows, 300);
+    // The notification went to the file transport in the data folder.
+    let mail = std::fs::read_dir(data_dir.join("mail")).unwrap().count();
+    assert_eq!(mail, 1);
+
+    // SIGTERM stops it and its PostgreSQL within 10 seconds.
+    let postgres = postmaster_pid(&data_dir);
+    // SAFETY: plain signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(wait_gone(
+        postgres,
+        Duration::from_secs(10).saturating_sub(started.elapsed())
+    ));
+
+    // Again on the same folder: no new seed, a token for the same workspace.
+    let (mut child, ready) = start_dev(&data_dir, 5);
+    assert_eq!(contacts(&ready.database).await, 300);
+    let client = ExportClient::connect(&ready.grpc, ready.token.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get(&done.id).await.unwrap().status(),
+        ExportStatus::Completed
+    );
+
+    // kill -9 leaves nothing that stops the next start.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut child, ready) = start_dev(&data_dir, 5);
+    assert_eq!(contacts(&ready.database).await, 300);
+    let postgres = postmaster_pid(&data_dir);
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    assert!(wait_gone(postgres, Duration::from_secs(10)));
+}

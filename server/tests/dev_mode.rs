@@ -58,7 +58,7 @@ fn start_dev(data_dir: &Path, seed: u64) -> (Child, Ready) {
 fn postmaster_pid(data_dir: &Path) -> i32 {
     // The cluster may live elsewhere when the postgres user cannot enter `data_dir`.
     let pgdata = match std::fs::read_to_string(data_dir.join("pgdata-location")) {
-        Ok(location) => Path::new(location.trim()).to_path_buf(),
+        Ok(location) => Path::new(location.lines().next().unwrap().trim()).to_path_buf(),
         Err(_) => data_dir.join("pgdata"),
     };
     let pid_file = std::fs::read_to_string(pgdata.join("postmaster.pid")).expect("postmaster.pid");
@@ -99,6 +99,11 @@ async fn contacts(database: &str) -> i64 {
 async fn dev_serves_exports_restarts_on_its_data_and_stops_cleanly() {
     // A folder only its owner can enter, like `mktemp -d`: PostgreSQL must still start.
     let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     let data_dir = root.path().join("data");
 
     let (mut child, ready) = start_dev(&data_dir, 300);
@@ -176,4 +181,9 @@ async fn dev_serves_exports_restarts_on_its_data_and_stops_cleanly() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert!(child.wait().unwrap().success());
     assert!(wait_gone(postgres, Duration::from_secs(10)));
+    if let Ok(moved) = std::fs::read_to_string(data_dir.join("pgdata-location")) {
+        let pgdata = Path::new(moved.lines().next().unwrap().trim()).to_path_buf();
+        let cluster_root = pgdata.parent().unwrap();
+        std::fs::remove_dir_all(cluster_root).unwrap();
+    }
 }

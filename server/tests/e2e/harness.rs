@@ -63,7 +63,8 @@ async fn start_server() -> Server {
             (None, url.clone(), format!("{base}/{{db}}{query}"))
         }
         Err(_) => {
-            let dir = std::env::temp_dir().join(format!("exportd-test-{}", std::process::id()));
+            remove_stale_clusters();
+            let dir = std::env::temp_dir().join(format!("{CLUSTER_PREFIX}{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("test cluster folder");
             let cluster = tokio::task::spawn_blocking(move || Cluster::start(&dir))
@@ -102,6 +103,30 @@ async fn start_server() -> Server {
         admin_url,
         url_pattern,
         _cluster: cluster,
+    }
+}
+
+const CLUSTER_PREFIX: &str = "exportd-test-";
+
+/// Earlier test runs' clusters died with their process (PDEATHSIG) but left their folders.
+fn remove_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(CLUSTER_PREFIX))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let running = unsafe { libc::kill(pid, 0) } == 0;
+        if !running {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -4,6 +4,8 @@ mod api_errors;
 mod consistency;
 mod csv_output;
 mod expected;
+mod failing_storage;
+mod faults;
 mod fixture;
 mod harness;
 mod watch_download;

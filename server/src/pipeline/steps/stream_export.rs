@@ -53,18 +53,26 @@ pub async fn run(
         .await
         .map_err(StepError::write)?;
     let storage_key = input.storage_key.to_owned();
-    match write_rows(ctx, state, interrupts, input, &mut writer).await {
-        Ok((size_bytes, sha256, rows)) => {
-            writer.close().await.map_err(StepError::write)?;
-            Ok(StoredFile {
-                storage_key,
-                size_bytes,
-                sha256,
-                rows,
-            })
-        }
+    let written = match write_rows(ctx, state, interrupts, input, &mut writer).await {
+        // `close` uploads what the writer still buffers (for a small file, all of it) and
+        // commits the object: it fails like any write, and then needs the same abort.
+        Ok(written) => writer
+            .close()
+            .await
+            .map(|_| written)
+            .map_err(StepError::write),
+        Err(e) => Err(e),
+    };
+    match written {
+        Ok((size_bytes, sha256, rows)) => Ok(StoredFile {
+            storage_key,
+            size_bytes,
+            sha256,
+            rows,
+        }),
         Err(e) => {
-            // Leave no partial object behind; the step's own error is the one that matters.
+            // Leave no partial object behind (nor an unfinished multipart upload, whose parts
+            // the object store keeps and bills); the step's own error is the one that matters.
             if let Err(abort) = writer.abort().await {
                 tracing::warn!(error = %abort, "aborting the storage writer failed");
             }

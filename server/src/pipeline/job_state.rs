@@ -2,7 +2,7 @@
 //! the job's lease so that a worker that lost its lease can never overwrite its successor.
 
 use chrono::Utc;
-use diesel::dsl::sql;
+use diesel::dsl::{case_when, sql};
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -12,6 +12,11 @@ use super::PipelineContext;
 use super::step::StepError;
 use crate::db::schema::exports;
 use crate::exports::ExportStatus;
+
+/// Whether the export is COMPLETED already (when the notification runs, or a job resumes).
+fn is_completed() -> diesel::dsl::Eq<exports::status, &'static str> {
+    exports::status.eq(ExportStatus::Completed.as_str())
+}
 
 /// Writes to one export on behalf of the worker holding its lease.
 pub struct JobState<'a> {
@@ -73,12 +78,16 @@ impl<'a> JobState<'a> {
         self.changed(n)
     }
 
-    /// A step begins.
+    /// A step begins. The notification runs after COMPLETED: watchers were told that state was
+    /// final, so on a COMPLETED export nothing visible changes (the update still checks the
+    /// lease).
     pub async fn step(&self, name: &str) -> Result<(), StepError> {
         let n = guarded!(self)
             .set((
-                exports::current_step.eq(name),
-                exports::updated_at.eq(Utc::now()),
+                exports::current_step
+                    .eq(case_when(is_completed(), exports::current_step).otherwise(name)),
+                exports::updated_at
+                    .eq(case_when(is_completed(), exports::updated_at).otherwise(Utc::now())),
             ))
             .execute(&mut self.conn().await?)
             .await?;
@@ -181,7 +190,9 @@ impl<'a> JobState<'a> {
                 exports::size_bytes.eq(size_bytes),
                 exports::sha256.eq(sha256),
                 exports::error_message.eq(None::<String>),
-                exports::updated_at.eq(now),
+                // A resumed job sets the same values again: that is no change to show.
+                exports::updated_at
+                    .eq(case_when(is_completed(), exports::updated_at).otherwise(now)),
                 exports::finished_at
                     .eq(sql::<Nullable<Timestamptz>>("coalesce(finished_at, now())")),
             ))

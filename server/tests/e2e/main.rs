@@ -8,6 +8,7 @@ mod failing_storage;
 mod faults;
 mod fixture;
 mod harness;
+mod notifications;
 mod watch_download;
 
 use contact_export_client::{CreateExportRequest, CsvOptions, Export, ExportClient, ExportStatus};

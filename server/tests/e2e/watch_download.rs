@@ -5,6 +5,7 @@ use futures::StreamExt;
 use tonic::Code;
 
 use super::expected::expected_csv;
+use super::failing_storage::WriteFaults;
 use super::fixture::Contact;
 use super::harness::{AppOptions, TestApp, within};
 use super::{all_contacts, download_all, run_export};
@@ -29,15 +30,28 @@ async fn watch_starts_with_the_current_state_and_ends_at_the_terminal_one() {
     let worker_db = super::harness::TestDb {
         url: api.db.url.clone(),
     };
+    // The job waits at its first part upload until the watcher has seen it running: without
+    // the gate a fast job may finish between two reads, and a watcher coalesces what it missed.
+    let gate = WriteFaults::hold_writes(1024);
     let _worker = TestApp::spawn_on(
         worker_db,
         AppOptions {
             batch_size: 7,
+            storage: gate.operator(),
             ..AppOptions::default()
         },
     )
     .await;
     let mut seen = vec![first];
+    while seen.last().unwrap().status() != ExportStatus::Processing {
+        let message = within("a PROCESSING message", watch.next()).await;
+        seen.push(
+            message
+                .expect("the watch goes on while the job runs")
+                .unwrap(),
+        );
+    }
+    gate.open();
     while let Some(message) = within("the next watch message", watch.next()).await {
         seen.push(message.unwrap());
     }
@@ -54,7 +68,6 @@ async fn watch_starts_with_the_current_state_and_ends_at_the_terminal_one() {
             );
         }
     }
-    assert!(seen.iter().any(|e| e.status() == ExportStatus::Processing));
     // Only terminal messages after the first terminal one: none, since the stream ended there.
     assert_eq!(
         seen.iter()

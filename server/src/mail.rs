@@ -81,6 +81,8 @@ impl Mailer {
             source,
         })?;
         let message = Message::builder()
+            // A Message-ID of our own: relays and spam filters expect one.
+            .message_id(None)
             .from(self.from.clone())
             .to(to)
             .subject(subject)

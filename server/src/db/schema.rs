@@ -26,6 +26,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
+        request -> Nullable<Jsonb>,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod filename;
+pub mod idempotency;
 pub mod new_export;
 pub mod repo;
 

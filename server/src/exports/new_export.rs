@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::filename::sanitize_filename;
+use super::idempotency::RequestParams;
 use super::{ExportError, ExportOptions};
 
 /// At most this many tag ids in one request.
@@ -17,7 +18,10 @@ pub const MAX_REQUEST_ID_BYTES: usize = 200;
 pub struct NewExport {
     /// Distinct, in the caller's order.
     pub tag_ids: Vec<Uuid>,
+    /// Sanitised: the name the file gets.
     pub filename: String,
+    /// As the caller sent it: what a reused `request_id` is compared on.
+    pub requested_filename: String,
     pub request_id: Option<String>,
     pub options: ExportOptions,
 }
@@ -64,9 +68,15 @@ impl NewExport {
         Ok(NewExport {
             tag_ids: parsed,
             filename: sanitize_filename(filename, now),
+            requested_filename: filename.to_owned(),
             request_id,
             options,
         })
+    }
+
+    /// The parameters a `request_id` is bound to.
+    pub fn params(&self) -> RequestParams {
+        RequestParams::new(&self.tag_ids, &self.requested_filename, self.options)
     }
 }
 

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::idempotency::check_replay;
 use super::{ExportError, ExportRecord, ExportStatus, NewExport};
 use crate::auth::Principal;
 use crate::db::schema::{exports, tags};
@@ -14,17 +15,20 @@ pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 500;
 
 /// Creates an export (its row is also its job), or returns the one created earlier with the
-/// same `request_id` in this workspace.
+/// same `request_id` and parameters in this workspace (FAILED_PRECONDITION if the parameters
+/// differ).
 pub async fn create(
     conn: &mut AsyncPgConnection,
     principal: Principal,
     new: NewExport,
 ) -> Result<ExportRecord, ExportError> {
+    let params = new.params();
     conn.transaction(async |conn| {
         if let Some(request_id) = &new.request_id
-            && let Some(existing) =
+            && let Some((existing, stored)) =
                 find_by_request_id(conn, principal.workspace_id, request_id).await?
         {
+            check_replay(request_id, existing.id, stored.as_ref(), &params)?;
             return Ok(existing);
         }
         if !new.tag_ids.is_empty() {
@@ -51,6 +55,7 @@ pub async fn create(
                 exports::tag_ids.eq(&new.tag_ids),
                 exports::options.eq(serde_json::to_value(new.options).expect("options serialise")),
                 exports::request_id.eq(&new.request_id),
+                exports::request.eq(new.request_id.as_ref().map(|_| params.to_json())),
             ))
             .on_conflict_do_nothing()
             .returning(ExportRecord::as_returning())
@@ -61,9 +66,12 @@ pub async fn create(
             (Some(record), _) => Ok(record),
             // Another call with the same key committed between our look-up and insert.
             (None, Some(request_id)) => {
-                find_by_request_id(conn, principal.workspace_id, request_id)
-                    .await?
-                    .ok_or(ExportError::NotFound)
+                let (existing, stored) =
+                    find_by_request_id(conn, principal.workspace_id, request_id)
+                        .await?
+                        .ok_or(ExportError::NotFound)?;
+                check_replay(request_id, existing.id, stored.as_ref(), &params)?;
+                Ok(existing)
             }
             (None, None) => Err(ExportError::NotFound),
         }
@@ -71,15 +79,16 @@ pub async fn create(
     .await
 }
 
+/// The export made under `request_id`, and the parameters it was made with.
 async fn find_by_request_id(
     conn: &mut AsyncPgConnection,
     workspace_id: Uuid,
     request_id: &str,
-) -> Result<Option<ExportRecord>, diesel::result::Error> {
+) -> Result<Option<(ExportRecord, Option<serde_json::Value>)>, diesel::result::Error> {
     exports::table
         .filter(exports::workspace_id.eq(workspace_id))
         .filter(exports::request_id.eq(request_id))
-        .select(ExportRecord::as_select())
+        .select((ExportRecord::as_select(), exports::request))
         .first(conn)
         .await
         .optional()

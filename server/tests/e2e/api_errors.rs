@@ -1,6 +1,6 @@
 //! The API's contract for bad input, auth and workspace isolation.
 
-use contact_export_client::{CreateExportRequest, ExportStatus};
+use contact_export_client::{CreateExportRequest, CsvOptions, ExportStatus};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -187,6 +187,92 @@ async fn request_id_makes_create_idempotent_per_workspace() {
     let theirs = other.client.create(with_key()).await.unwrap();
     assert_ne!(theirs.id, first.id);
     assert_eq!(app.ws.client.list_all().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_reused_with_other_parameters_is_failed_precondition_naming_them() {
+    let app = TestApp::spawn_with(api_only()).await;
+    let client = &app.ws.client;
+    let red = app.ws.tag(&app.db, "red").await.to_string();
+    let blue = app.ws.tag(&app.db, "blue").await.to_string();
+    let request =
+        |tags: &[&String], filename: &str, csv_options: Option<CsvOptions>| CreateExportRequest {
+            tag_ids: tags.iter().map(|t| t.to_string()).collect(),
+            filename: filename.into(),
+            request_id: "k".into(),
+            csv_options,
+        };
+    let first = client
+        .create(request(&[&red, &blue], "", None))
+        .await
+        .unwrap();
+
+    // The same request: tags in another order and repeated, the empty filename again (its
+    // timestamped default may differ by now), the default options spelt out.
+    let again = client
+        .create(request(
+            &[&blue, &red, &blue],
+            "",
+            Some(CsvOptions::default()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id);
+
+    let conflict = |status: tonic::Status, fields: &str| {
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        let expected = format!(
+            "request_id \"k\" was first used with other {fields} (export {})",
+            first.id
+        );
+        assert!(status.message().starts_with(&expected), "{status:?}");
+    };
+    conflict(
+        client
+            .create(request(&[&red], "red.csv", None))
+            .await
+            .unwrap_err(),
+        "tag_ids, filename",
+    );
+    conflict(
+        client
+            .create(request(
+                &[&red, &blue],
+                "",
+                Some(CsvOptions {
+                    disable_formula_neutralization: true,
+                    ..CsvOptions::default()
+                }),
+            ))
+            .await
+            .unwrap_err(),
+        "csv_options",
+    );
+    // A filename compares as sent, not as sanitised: both of these would be `red.csv`.
+    let named = CreateExportRequest {
+        request_id: "named".into(),
+        ..request(&[], "red", None)
+    };
+    let named_first = client.create(named.clone()).await.unwrap();
+    assert_eq!(named_first.filename, "red.csv");
+    let status = client
+        .create(CreateExportRequest {
+            filename: "red.csv".into(),
+            ..named.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("other filename"), "{status:?}");
+    assert_eq!(client.create(named).await.unwrap().id, named_first.id);
+
+    // Refused calls made nothing, and a refused call does not spoil the key.
+    assert_eq!(client.list_all().await.unwrap().len(), 2);
+    let retried = client
+        .create(request(&[&red, &blue], "", None))
+        .await
+        .unwrap();
+    assert_eq!(retried.id, first.id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -271,8 +271,10 @@ impl Bench<'_> {
             measure::same_rows("tag-filtered", &tagged, &tagged_copy)?;
 
             eprint!("run {run}/{runs}: download vs disk copy… ");
+            measure::settle_writeback().await?;
             let download =
                 measure::download(&client, &full, &out.join("downloaded-full.csv")).await?;
+            measure::settle_writeback().await?;
             let object = self.work_dir.join("files").join(&full.object_key);
             let disk_copy = measure::disk_copy(&object, &out.join("copied-full.csv")).await?;
             eprintln!(

@@ -310,6 +310,15 @@ pub fn same_rows(label: &str, export: &ExportRun, copy: &CopyRun) -> anyhow::Res
     Ok(())
 }
 
+/// Writes every dirty page to disk (untimed). The steps before leave hundreds of MB of CSV
+/// to write back; without this, whichever timed write happens to run during that writeback
+/// pays for it, and the download-to-copy ratio measures the kernel's flush timing.
+pub async fn settle_writeback() -> anyhow::Result<()> {
+    // SAFETY: `sync` takes no arguments and cannot fail.
+    tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await?;
+    Ok(())
+}
+
 /// Downloads the export's file through `DownloadExport` (the client checks size and SHA-256).
 pub async fn download(
     client: &ExportClient,

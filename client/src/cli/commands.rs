@@ -56,6 +56,7 @@ async fn create(client: &ExportClient, args: CreateArgs, json: bool) -> anyhow::
         request_id: args.request_id.unwrap_or_default(),
         csv_options: args.no_formula_neutralization.then_some(CsvOptions {
             disable_formula_neutralization: true,
+            ..Default::default()
         }),
     };
     let export = client.create(request).await?;

@@ -75,7 +75,7 @@ impl ExportService for ExportApi {
             &req.tag_ids,
             &req.filename,
             &req.request_id,
-            convert::options_from_proto(req.csv_options.as_ref()),
+            convert::options_from_proto(req.csv_options.as_ref())?,
             chrono::Utc::now(),
         )?;
         let record = repo::create(&mut *self.conn().await?, principal, new).await?;

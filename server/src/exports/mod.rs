@@ -16,6 +16,8 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::pipeline::csv::{Delimiter, LineEnding};
+
 /// Where an export is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportStatus {
@@ -59,18 +61,28 @@ impl ExportStatus {
     }
 }
 
-/// Per-export options, stored as JSON in `exports.options`.
+/// Per-export options, stored as JSON in `exports.options`. Every field has a default, so a
+/// row written before a field existed reads with that field's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ExportOptions {
     /// Prefix cells a spreadsheet would run as a formula with `'` (on by default).
     pub neutralize_formulas: bool,
+    /// Field delimiter (comma by default).
+    pub delimiter: Delimiter,
+    /// Start the file with a UTF-8 byte order mark (off by default).
+    pub include_bom: bool,
+    /// Record terminator (LF by default).
+    pub line_ending: LineEnding,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
         ExportOptions {
             neutralize_formulas: true,
+            delimiter: Delimiter::default(),
+            include_bom: false,
+            line_ending: LineEnding::default(),
         }
     }
 }
@@ -112,5 +124,50 @@ impl ExportRecord {
     /// The typed options; a row written by an older version gets the defaults for new fields.
     pub fn options(&self) -> ExportOptions {
         serde_json::from_value(self.options.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn options_of_an_older_row_read_with_the_new_defaults() {
+        let old: ExportOptions =
+            serde_json::from_value(json!({"neutralize_formulas": false})).unwrap();
+        assert_eq!(
+            old,
+            ExportOptions {
+                neutralize_formulas: false,
+                ..ExportOptions::default()
+            }
+        );
+        let empty: ExportOptions = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(empty, ExportOptions::default());
+    }
+
+    #[test]
+    fn options_are_stored_by_name() {
+        let options = ExportOptions {
+            neutralize_formulas: true,
+            delimiter: Delimiter::Semicolon,
+            include_bom: true,
+            line_ending: LineEnding::Crlf,
+        };
+        let stored = serde_json::to_value(options).unwrap();
+        assert_eq!(
+            stored,
+            json!({
+                "neutralize_formulas": true,
+                "delimiter": "semicolon",
+                "include_bom": true,
+                "line_ending": "crlf",
+            })
+        );
+        assert_eq!(
+            serde_json::from_value::<ExportOptions>(stored).unwrap(),
+            options
+        );
     }
 }

@@ -36,12 +36,28 @@
 //!
 //! # Quoting
 //!
-//! RFC 4180: a field is quoted iff it contains `,`, `"`, CR or LF, with quotes doubled inside;
-//! an empty field is not quoted; records end with LF. That is how PostgreSQL's
+//! RFC 4180: a field is quoted iff it contains the delimiter, `"`, CR or LF, with quotes
+//! doubled inside; an empty field is not quoted; records end with LF. That is how PostgreSQL's
 //! `COPY … (FORMAT csv)` quotes and terminates records, so the two can be compared byte for
 //! byte. Two differences: `COPY` writes an empty *string* as `""` to tell it from NULL, and
 //! quotes a lone `\.`; here NULL and empty text are both an empty cell (a spreadsheet cannot
 //! tell them apart either), and `\.` is plain data.
+//!
+//! # Options
+//!
+//! [`CsvOptions`] holds what a caller may choose per export; the defaults are the format
+//! above.
+//!
+//! - [`Delimiter`]: `,` (default), `;`, TAB or `|`. Quoting follows the chosen delimiter: a
+//!   field is quoted when it contains *that* delimiter (with `;`, a comma is plain data). With
+//!   TAB as the delimiter, a cell that starts with TAB is still neutralised (below) and then
+//!   quoted because it contains the delimiter.
+//! - [`LineEnding`]: every record, the header included, ends with LF (default) or CRLF. A
+//!   line break *inside* a quoted field is data and is written exactly as stored, whatever the
+//!   terminator: a field `a\nb` stays `"a\nb"` in a CRLF file.
+//! - `include_bom`: the file starts with the UTF-8 byte order mark `EF BB BF`, once, before the
+//!   header (off by default). Excel needs it to read a CSV as UTF-8 rather than the local code
+//!   page; most other programs neither need nor want it.
 //!
 //! # Formula neutralisation
 //!
@@ -73,6 +89,7 @@ use std::io::{self, Write as _};
 use bytes::{BufMut as _, Bytes, BytesMut};
 use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
 use diesel::sql_types::{Bool, Jsonb, Nullable, Text, Timestamptz};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The fixed leading columns, in order.
@@ -112,18 +129,101 @@ pub struct ContactRow {
     pub custom_fields: Value,
 }
 
-/// Per-export encoding options.
+/// The UTF-8 byte order mark written at the start of the file when asked for.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The character between two fields (stored in `exports.options` by its lower-case name).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delimiter {
+    /// `,`
+    #[default]
+    Comma,
+    /// `;`
+    Semicolon,
+    /// TAB (U+0009).
+    Tab,
+    /// `|`
+    Pipe,
+}
+
+impl Delimiter {
+    /// Every delimiter, in declaration order.
+    pub const ALL: [Delimiter; 4] = [
+        Delimiter::Comma,
+        Delimiter::Semicolon,
+        Delimiter::Tab,
+        Delimiter::Pipe,
+    ];
+
+    /// The byte written between fields.
+    pub fn byte(self) -> u8 {
+        match self {
+            Delimiter::Comma => b',',
+            Delimiter::Semicolon => b';',
+            Delimiter::Tab => b'\t',
+            Delimiter::Pipe => b'|',
+        }
+    }
+}
+
+/// What ends each record (stored in `exports.options` by its lower-case name).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineEnding {
+    /// `\n`
+    #[default]
+    Lf,
+    /// `\r\n`
+    Crlf,
+}
+
+impl LineEnding {
+    /// Both line endings.
+    pub const ALL: [LineEnding; 2] = [LineEnding::Lf, LineEnding::Crlf];
+
+    /// The bytes written after each record.
+    pub fn as_bytes(self) -> &'static [u8] {
+        match self {
+            LineEnding::Lf => b"\n",
+            LineEnding::Crlf => b"\r\n",
+        }
+    }
+
+    fn terminator(self) -> ::csv::Terminator {
+        match self {
+            LineEnding::Lf => ::csv::Terminator::Any(b'\n'),
+            LineEnding::Crlf => ::csv::Terminator::CRLF,
+        }
+    }
+}
+
+/// Per-export encoding options (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CsvOptions {
     /// Prefix cells a spreadsheet would run as a formula with `'` (see the module docs).
     pub neutralize_formulas: bool,
+    /// The field delimiter.
+    pub delimiter: Delimiter,
+    /// Start the file with [`UTF8_BOM`].
+    pub include_bom: bool,
+    /// The record terminator.
+    pub line_ending: LineEnding,
+}
+
+impl CsvOptions {
+    /// Neutralisation on, comma, no BOM, LF.
+    pub const DEFAULT: CsvOptions = CsvOptions {
+        neutralize_formulas: true,
+        delimiter: Delimiter::Comma,
+        include_bom: false,
+        line_ending: LineEnding::Lf,
+    };
 }
 
 impl Default for CsvOptions {
     fn default() -> Self {
-        CsvOptions {
-            neutralize_formulas: true,
-        }
+        CsvOptions::DEFAULT
     }
 }
 
@@ -252,11 +352,11 @@ impl CsvEncoder {
         let headers = build_headers(&custom_keys, options.neutralize_formulas);
         let mut builder = ::csv::WriterBuilder::new();
         builder
-            .delimiter(b',')
+            .delimiter(options.delimiter.byte())
             .quote(b'"')
             .double_quote(true)
             .quote_style(::csv::QuoteStyle::Necessary)
-            .terminator(::csv::Terminator::Any(b'\n'));
+            .terminator(options.line_ending.terminator());
         CsvEncoder {
             options,
             custom_keys,
@@ -283,14 +383,19 @@ impl CsvEncoder {
         &self.headers
     }
 
-    /// The header record, ending in `\n`.
+    /// The start of the file: the byte order mark when the options ask for it, then the header
+    /// record.
     pub fn encode_header(&mut self) -> Bytes {
         let Self {
+            options,
             headers,
             builder,
             out,
             ..
         } = self;
+        if options.include_bom {
+            out.put_slice(UTF8_BOM);
+        }
         let mut wtr = builder.from_writer((&mut *out).writer());
         let written = wtr
             .write_record(headers.iter())
@@ -300,7 +405,7 @@ impl CsvEncoder {
         out.split().freeze()
     }
 
-    /// The records of `rows`, each ending in `\n`; empty for no rows.
+    /// The records of `rows`, each ending in the options' line ending; empty for no rows.
     pub fn encode_batch<'a>(&mut self, rows: impl IntoIterator<Item = &'a ContactRow>) -> Bytes {
         let Self {
             options,
@@ -496,11 +601,10 @@ mod tests {
         String::from_utf8(enc.encode_batch(rows).to_vec()).unwrap()
     }
 
-    const ON: CsvOptions = CsvOptions {
-        neutralize_formulas: true,
-    };
+    const ON: CsvOptions = CsvOptions::DEFAULT;
     const OFF: CsvOptions = CsvOptions {
         neutralize_formulas: false,
+        ..CsvOptions::DEFAULT
     };
 
     #[test]
@@ -1007,6 +1111,213 @@ mod tests {
                 assert_eq!(back, r.created_at);
                 let nested: Value = serde_json::from_str(&got[10]).unwrap();
                 assert_eq!(nested, r.custom_fields["nested"]);
+            }
+        }
+    }
+
+    fn with(delimiter: Delimiter, include_bom: bool, line_ending: LineEnding) -> CsvOptions {
+        CsvOptions {
+            delimiter,
+            include_bom,
+            line_ending,
+            ..CsvOptions::DEFAULT
+        }
+    }
+
+    #[test]
+    fn options_default_to_comma_no_bom_lf() {
+        let d = CsvOptions::default();
+        assert_eq!(d, CsvOptions::DEFAULT);
+        assert_eq!(
+            (d.delimiter, d.include_bom, d.line_ending),
+            (Delimiter::Comma, false, LineEnding::Lf)
+        );
+        assert_eq!(
+            Delimiter::ALL.map(Delimiter::byte),
+            [b',', b';', b'\t', b'|']
+        );
+        assert_eq!(LineEnding::Crlf.as_bytes(), b"\r\n");
+    }
+
+    #[test]
+    fn quoting_follows_the_delimiter() {
+        let mut r = row("a,b");
+        r.first_name = Some("c;d".into());
+        r.last_name = Some("e\tf".into());
+        r.phone = Some("g|h".into());
+        r.custom_fields = json!({"k": "plain"});
+        let cases = [
+            (
+                Delimiter::Comma,
+                "\"a,b\",c;d,e\tf,g|h,,,false,2024-05-01T12:00:00.123456Z,plain\n",
+            ),
+            (
+                Delimiter::Semicolon,
+                "a,b;\"c;d\";e\tf;g|h;;;false;2024-05-01T12:00:00.123456Z;plain\n",
+            ),
+            (
+                Delimiter::Tab,
+                "a,b\tc;d\t\"e\tf\"\tg|h\t\t\tfalse\t2024-05-01T12:00:00.123456Z\tplain\n",
+            ),
+            (
+                Delimiter::Pipe,
+                "a,b|c;d|e\tf|\"g|h\"|||false|2024-05-01T12:00:00.123456Z|plain\n",
+            ),
+        ];
+        for (delimiter, want) in cases {
+            let options = with(delimiter, false, LineEnding::Lf);
+            assert_eq!(
+                body(&["k"], options, std::slice::from_ref(&r)),
+                want,
+                "{delimiter:?}"
+            );
+            let sep = char::from(delimiter.byte()).to_string();
+            assert_eq!(
+                encode(&["k"], options, &[]),
+                format!("{}{sep}k\n", FIXED_HEADER.replace(',', &sep))
+            );
+        }
+    }
+
+    #[test]
+    fn tab_delimited_cells_starting_with_tab_are_neutralised_then_quoted() {
+        let mut r = row("\t=cmd");
+        r.custom_fields = json!({"\tk": "\t-5", "n": "-5"});
+        let on = with(Delimiter::Tab, false, LineEnding::Lf);
+        let off = CsvOptions {
+            neutralize_formulas: false,
+            ..on
+        };
+        assert_eq!(
+            encode(&["\tk", "n"], on, std::slice::from_ref(&r)),
+            format!(
+                "{}\t\"'\tk\"\tn\n\"'\t=cmd\"\t\t\t\t\t\tfalse\t2024-05-01T12:00:00.123456Z\t\"'\t-5\"\t-5\n",
+                FIXED_HEADER.replace(',', "\t")
+            )
+        );
+        assert_eq!(
+            body(&["\tk", "n"], off, &[r]),
+            "\"\t=cmd\"\t\t\t\t\t\tfalse\t2024-05-01T12:00:00.123456Z\t\"\t-5\"\t-5\n"
+        );
+    }
+
+    #[test]
+    fn bom_once_at_the_start_of_the_file() {
+        let options = with(Delimiter::Comma, true, LineEnding::Lf);
+        let mut enc = CsvEncoder::new(keys(&["k"]), options);
+        let header = enc.encode_header();
+        assert_eq!(&header[..3], UTF8_BOM);
+        assert_eq!(&header[3..], format!("{FIXED_HEADER},k\n").as_bytes());
+        let batch = enc.encode_batch(&[row("a@x"), row("\u{FEFF}b@x")]);
+        assert_eq!(
+            &batch[..],
+            "a@x,,,,,,false,2024-05-01T12:00:00.123456Z,\n\
+             \u{FEFF}b@x,,,,,,false,2024-05-01T12:00:00.123456Z,\n"
+                .as_bytes()
+        );
+        // A header-only file is the BOM and the header.
+        assert_eq!(
+            encode(&[], options, &[]).as_bytes(),
+            [UTF8_BOM, FIXED_HEADER.as_bytes(), b"\n"].concat()
+        );
+        // Off by default.
+        assert!(!encode(&[], ON, &[]).starts_with('\u{FEFF}'));
+    }
+
+    #[test]
+    fn crlf_ends_records_but_leaves_line_breaks_inside_fields() {
+        let options = with(Delimiter::Comma, false, LineEnding::Crlf);
+        let mut r = row("a@x");
+        r.notes = Some("lf\nhere".into());
+        r.company = Some("crlf\r\nhere".into());
+        r.phone = Some("cr\ronly".into());
+        let file = encode(&[], options, &[r, row("b@x")]);
+        assert_eq!(
+            file,
+            format!(
+                "{FIXED_HEADER}\r\n\
+                 a@x,,,\"cr\ronly\",\"crlf\r\nhere\",\"lf\nhere\",false,2024-05-01T12:00:00.123456Z\r\n\
+                 b@x,,,,,,false,2024-05-01T12:00:00.123456Z\r\n"
+            )
+        );
+        // Every chunk ends on a record boundary.
+        let mut enc = CsvEncoder::new(vec![], options);
+        assert!(enc.encode_header().ends_with(b"\r\n"));
+        assert!(enc.encode_batch(&[row("c@x")]).ends_with(b"\r\n"));
+    }
+
+    #[test]
+    fn semicolon_bom_crlf_together_byte_for_byte() {
+        let options = with(Delimiter::Semicolon, true, LineEnding::Crlf);
+        let mut r = row("a@x");
+        r.first_name = Some("Müller; Jr.".into());
+        r.last_name = Some("1,5".into());
+        r.notes = Some("two\nlines".into());
+        r.phone = Some("+49 30 1234".into());
+        r.custom_fields = json!({"plan": "gold", "ratio": 1.5});
+        let file = encode(&["ratio", "plan"], options, &[r]);
+        assert_eq!(
+            file.as_bytes(),
+            [
+                UTF8_BOM,
+                b"email;first_name;last_name;phone;company;notes;is_unsubscribed;created_at;plan;ratio\r\n",
+                "a@x;\"Müller; Jr.\";1,5;'+49 30 1234;;\"two\nlines\";false;2024-05-01T12:00:00.123456Z;gold;1.5\r\n"
+                    .as_bytes(),
+            ]
+            .concat()
+        );
+    }
+
+    #[test]
+    fn every_combination_reads_back_with_a_matching_reader() {
+        let mut r = row("a,b;c\td|e");
+        r.notes = Some("\"q\"\r\nx\ny\rz".into());
+        r.first_name = Some("=1".into());
+        r.custom_fields = json!({"k": "|;,\t"});
+        for delimiter in Delimiter::ALL {
+            for line_ending in LineEnding::ALL {
+                for include_bom in [false, true] {
+                    let options = with(delimiter, include_bom, line_ending);
+                    let file = encode(&["k"], options, std::slice::from_ref(&r));
+                    let data = match file.as_bytes().strip_prefix(UTF8_BOM) {
+                        Some(rest) => {
+                            assert!(include_bom);
+                            rest
+                        }
+                        None => {
+                            assert!(!include_bom);
+                            file.as_bytes()
+                        }
+                    };
+                    let terminator = match line_ending {
+                        LineEnding::Lf => ::csv::Terminator::Any(b'\n'),
+                        LineEnding::Crlf => ::csv::Terminator::CRLF,
+                    };
+                    let mut rdr = ::csv::ReaderBuilder::new()
+                        .delimiter(delimiter.byte())
+                        .terminator(terminator)
+                        .from_reader(data);
+                    assert_eq!(rdr.headers().unwrap().get(8), Some("k"));
+                    let recs: Vec<::csv::StringRecord> =
+                        rdr.records().map(Result::unwrap).collect();
+                    assert_eq!(recs.len(), 1, "{options:?}");
+                    let got: Vec<&str> = recs[0].iter().collect();
+                    assert_eq!(
+                        got,
+                        [
+                            "a,b;c\td|e",
+                            "'=1",
+                            "",
+                            "",
+                            "",
+                            "\"q\"\r\nx\ny\rz",
+                            "false",
+                            "2024-05-01T12:00:00.123456Z",
+                            "|;,\t"
+                        ],
+                        "{options:?}"
+                    );
+                }
             }
         }
     }

@@ -173,8 +173,12 @@ async fn stream_with_retries(
     filter: &TagFilter,
     interrupts: &Interrupts,
 ) -> Result<StoredFile, StepError> {
+    let stored = export.options();
     let options = CsvOptions {
-        neutralize_formulas: export.options().neutralize_formulas,
+        neutralize_formulas: stored.neutralize_formulas,
+        delimiter: stored.delimiter,
+        include_bom: stored.include_bom,
+        line_ending: stored.line_ending,
     };
     let storage_key = storage::object_key(export.workspace_id, export.id);
     let (mut snapshot, mut metadata) = if filter.matches_nothing() {

@@ -53,6 +53,7 @@ pub fn tagged(tags: &[uuid::Uuid]) -> CreateExportRequest {
 pub fn raw_cells(mut request: CreateExportRequest) -> CreateExportRequest {
     request.csv_options = Some(CsvOptions {
         disable_formula_neutralization: true,
+        ..Default::default()
     });
     request
 }

@@ -17,6 +17,7 @@
 //!   diesel-async pools and migrations).
 //! - [`app`]: wires it all into an [`app::Application`] that binds, serves and stops.
 //! - [`pg`], [`dev`]: a throwaway PostgreSQL and the CRM fixture for `exportd dev` and tests.
+//! - [`tokens`]: `exportd token create | list | revoke`, over [`auth`]'s queries.
 
 pub mod api;
 pub mod app;
@@ -30,4 +31,5 @@ pub mod mail;
 pub mod pg;
 pub mod pipeline;
 pub mod storage;
+pub mod tokens;
 pub mod worker;

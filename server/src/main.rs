@@ -1,5 +1,5 @@
-//! `exportd`: run the Contact Export service (`serve`), migrate its tables (`migrate`), or run
-//! everything locally on an embedded PostgreSQL (`dev`).
+//! `exportd`: run the Contact Export service (`serve`), migrate its tables (`migrate`), manage
+//! API tokens (`token`), or run everything locally on an embedded PostgreSQL (`dev`).
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -7,6 +7,7 @@ use contact_export_server::app::Application;
 use contact_export_server::config::ServeArgs;
 use contact_export_server::db;
 use contact_export_server::dev::{self, DevArgs};
+use contact_export_server::tokens::{self, TokenCommand};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +32,9 @@ enum Command {
     },
     /// Everything on this machine: private PostgreSQL, demo data, local files and mail.
     Dev(DevArgs),
+    /// Issue, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[tokio::main]
@@ -55,6 +59,9 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
         }
         Command::Dev(args) => dev::run(args, shutdown_signal()).await?,
+        Command::Token(command) => {
+            tokens::run(command, &mut std::io::stdout(), &mut std::io::stderr()).await?
+        }
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod faults;
 mod fixture;
 mod harness;
 mod notifications;
+mod tokens;
 mod watch_download;
 
 use contact_export_client::{CreateExportRequest, CsvOptions, Export, ExportClient, ExportStatus};

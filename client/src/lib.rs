@@ -46,7 +46,8 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use auth::BearerAuth;
 pub use contact_export::v1::{
-    CreateExportRequest, CsvOptions, Export, ExportFileMetadata, ExportStatus, ListExportsResponse,
+    CreateExportRequest, CsvDelimiter, CsvOptions, Export, ExportFileMetadata, ExportStatus,
+    LineEnding, ListExportsResponse,
 };
 pub use download::Download;
 pub use error::{ClientError, code_name};

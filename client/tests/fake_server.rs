@@ -418,3 +418,38 @@ async fn cli_download_is_atomic() {
         &FILE[4..10]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_create_sends_the_csv_options() {
+    let addr = start().await;
+    // The fake echoes the request's options, as the server does.
+    let (code, out, err) = exportctl(
+        addr,
+        &[
+            "create",
+            "--delimiter",
+            "semicolon",
+            "--bom",
+            "--crlf",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json["delimiter"], "CSV_DELIMITER_SEMICOLON");
+    assert_eq!(json["include_bom"], true);
+    assert_eq!(json["line_ending"], "LINE_ENDING_CRLF");
+    assert_eq!(json["disable_formula_neutralization"], false);
+
+    let (code, out, err) = exportctl(addr, &["create", "--delimiter", "tab"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == "csv        tab"), "{out}");
+
+    // No flag: no options sent, the server's defaults apply.
+    let (code, out, err) = exportctl(addr, &["create", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json["delimiter"], "CSV_DELIMITER_UNSPECIFIED");
+    assert_eq!(json["line_ending"], "LINE_ENDING_UNSPECIFIED");
+}

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use contact_export_client::CsvDelimiter;
 
 /// Talk to a Contact Export server: create CSV exports of the CRM's contacts, follow them,
 /// download them.
@@ -74,9 +75,42 @@ pub struct CreateArgs {
     /// Leave cells starting with `=`, `+`, `-`, `@` as they are (unsafe in spreadsheets).
     #[arg(long)]
     pub no_formula_neutralization: bool,
+    /// Field delimiter of the file.
+    #[arg(long, value_enum, value_name = "D", default_value_t = Delimiter::Comma)]
+    pub delimiter: Delimiter,
+    /// Start the file with a UTF-8 byte order mark (lets Excel read it as UTF-8).
+    #[arg(long)]
+    pub bom: bool,
+    /// End records with CRLF instead of LF.
+    #[arg(long)]
+    pub crlf: bool,
     /// Then follow it like `watch`.
     #[arg(long)]
     pub watch: bool,
+}
+
+/// `--delimiter` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Delimiter {
+    /// `,`
+    Comma,
+    /// `;`
+    Semicolon,
+    /// A tab character.
+    Tab,
+    /// `|`
+    Pipe,
+}
+
+impl Delimiter {
+    pub fn to_proto(self) -> CsvDelimiter {
+        match self {
+            Delimiter::Comma => CsvDelimiter::Comma,
+            Delimiter::Semicolon => CsvDelimiter::Semicolon,
+            Delimiter::Tab => CsvDelimiter::Tab,
+            Delimiter::Pipe => CsvDelimiter::Pipe,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +172,42 @@ mod tests {
             Command::Create(args) => assert_eq!(args.tags, ["a", "b"]),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn csv_options_of_create() {
+        let create = |args: &[&str]| match Cli::try_parse_from(
+            ["exportctl", "create"].iter().chain(args).copied(),
+        ) {
+            Ok(Cli {
+                command: Command::Create(args),
+                ..
+            }) => Ok(args),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        let defaults = create(&[]).unwrap();
+        assert_eq!(
+            (defaults.delimiter, defaults.bom, defaults.crlf),
+            (Delimiter::Comma, false, false)
+        );
+        let all = create(&["--delimiter", "semicolon", "--bom", "--crlf"]).unwrap();
+        assert_eq!(
+            (all.delimiter, all.bom, all.crlf),
+            (Delimiter::Semicolon, true, true)
+        );
+        for (name, proto) in [
+            ("comma", CsvDelimiter::Comma),
+            ("semicolon", CsvDelimiter::Semicolon),
+            ("tab", CsvDelimiter::Tab),
+            ("pipe", CsvDelimiter::Pipe),
+        ] {
+            assert_eq!(
+                create(&["--delimiter", name]).unwrap().delimiter.to_proto(),
+                proto
+            );
+        }
+        assert!(create(&["--delimiter", ";"]).is_err());
     }
 
     #[test]

@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::CommandFactory;
 use contact_export_client::{
-    ClientError, CreateExportRequest, CsvOptions, Export, ExportClient, ExportStatus, is_terminal,
+    ClientError, CreateExportRequest, CsvOptions, Export, ExportClient, ExportStatus, LineEnding,
+    is_terminal,
 };
 use futures::StreamExt;
 
-use super::args::{Cli, Command, CreateArgs, DownloadArgs, ListArgs};
+use super::args::{Cli, Command, CreateArgs, Delimiter, DownloadArgs, ListArgs};
 use super::output::{download_json, print_export, print_exports, short_status};
 use super::progress::{BytesBar, RowsBar};
 use super::save::{PendingFile, target_path};
@@ -50,14 +51,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn create(client: &ExportClient, args: CreateArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let csv_options = csv_options(&args);
     let request = CreateExportRequest {
         tag_ids: args.tags,
         filename: args.filename.unwrap_or_default(),
         request_id: args.request_id.unwrap_or_default(),
-        csv_options: args.no_formula_neutralization.then_some(CsvOptions {
-            disable_formula_neutralization: true,
-            ..Default::default()
-        }),
+        csv_options,
     };
     let export = client.create(request).await?;
     if !args.watch {
@@ -68,6 +67,25 @@ async fn create(client: &ExportClient, args: CreateArgs, json: bool) -> anyhow::
         eprintln!("created export {}", export.id);
     }
     watch(client, &export.id, json).await
+}
+
+/// The CSV options of `create`; none (the server's defaults) when no flag asks for others.
+fn csv_options(args: &CreateArgs) -> Option<CsvOptions> {
+    let defaults = !args.no_formula_neutralization
+        && args.delimiter == Delimiter::Comma
+        && !args.bom
+        && !args.crlf;
+    (!defaults).then(|| CsvOptions {
+        disable_formula_neutralization: args.no_formula_neutralization,
+        delimiter: args.delimiter.to_proto().into(),
+        include_bom: args.bom,
+        line_ending: if args.crlf {
+            LineEnding::Crlf
+        } else {
+            LineEnding::Lf
+        }
+        .into(),
+    })
 }
 
 async fn list(client: &ExportClient, args: ListArgs, json: bool) -> anyhow::Result<ExitCode> {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use contact_export_client::{Export, ExportFileMetadata, ExportStatus};
+use contact_export_client::{CsvDelimiter, Export, ExportFileMetadata, ExportStatus, LineEnding};
 use prost_types::Timestamp;
 use serde_json::{Value, json};
 
@@ -15,6 +15,7 @@ pub fn short_status(status: ExportStatus) -> &'static str {
 /// An export as JSON: proto field names, the enum's proto name, RFC 3339 timestamps (or null).
 pub fn export_json(export: &Export) -> Value {
     let time = |t: &Option<Timestamp>| t.as_ref().map(ToString::to_string);
+    let csv = export.csv_options.unwrap_or_default();
     json!({
         "id": export.id,
         "status": export.status().as_str_name(),
@@ -31,6 +32,9 @@ pub fn export_json(export: &Export) -> Value {
         "disable_formula_neutralization": export
             .csv_options
             .is_some_and(|o| o.disable_formula_neutralization),
+        "delimiter": csv.delimiter().as_str_name(),
+        "include_bom": csv.include_bom,
+        "line_ending": csv.line_ending().as_str_name(),
         "create_time": time(&export.create_time),
         "update_time": time(&export.update_time),
         "start_time": time(&export.start_time),
@@ -79,6 +83,7 @@ pub fn print_export(export: &Export, json: bool) {
         ("size", nonzero(export.size_bytes, " bytes")),
         ("sha256", export.sha256.clone()),
         ("request id", export.request_id.clone()),
+        ("csv", csv_summary(export)),
         ("created", time(&export.create_time)),
         ("started", time(&export.start_time)),
         ("finished", time(&export.finish_time)),
@@ -122,6 +127,30 @@ pub fn print_exports(exports: &[Export], json: bool) {
             export.filename,
         );
     }
+}
+
+/// The CSV options that differ from the defaults (`semicolon, BOM, CRLF`), or nothing.
+fn csv_summary(export: &Export) -> String {
+    let Some(o) = export.csv_options else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    match o.delimiter() {
+        CsvDelimiter::Unspecified | CsvDelimiter::Comma => {}
+        CsvDelimiter::Semicolon => parts.push("semicolon"),
+        CsvDelimiter::Tab => parts.push("tab"),
+        CsvDelimiter::Pipe => parts.push("pipe"),
+    }
+    if o.include_bom {
+        parts.push("BOM");
+    }
+    if o.line_ending() == LineEnding::Crlf {
+        parts.push("CRLF");
+    }
+    if o.disable_formula_neutralization {
+        parts.push("formulas not neutralised");
+    }
+    parts.join(", ")
 }
 
 /// `n` with its unit, or nothing for 0 (not set yet).

@@ -15,6 +15,8 @@
 //!   export when its row changes, on any replica.
 //! - [`storage`], [`mail`], [`auth`], [`db`]: the outside world (OpenDAL, lettre, API tokens,
 //!   diesel-async pools and migrations).
+//! - [`metrics`]: this replica's Prometheus counters, recorded by the worker and the pipeline,
+//!   and the database's gauges, served at `/metrics` when asked for.
 //! - [`app`]: wires it all into an [`app::Application`] that binds, serves and stops.
 //! - [`pg`], [`dev`]: a throwaway PostgreSQL and the CRM fixture for `exportd dev` and tests.
 //! - [`tokens`]: `exportd token create | list | revoke`, over [`auth`]'s queries.
@@ -28,6 +30,7 @@ pub mod dev;
 pub mod events;
 pub mod exports;
 pub mod mail;
+pub mod metrics;
 pub mod pg;
 pub mod pipeline;
 pub mod storage;

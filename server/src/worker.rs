@@ -15,8 +15,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::DbError;
 use crate::db::schema::exports;
+use crate::db::{DbError, PooledConn};
 use crate::exports::ExportRecord;
 use crate::pipeline::PipelineContext;
 use crate::pipeline::runner::{self, Interrupts};
@@ -151,19 +151,26 @@ async fn renew(
     Ok(n == 1)
 }
 
+/// The jobs a worker may claim now: not done, and not leased or with a lease run out.
+macro_rules! claimable {
+    () => {
+        "NOT job_done AND (lease_expires_at IS NULL OR lease_expires_at < now())"
+    };
+}
+
 /// Claims the oldest claimable job, if any.
 pub async fn claim(
     ctx: &PipelineContext,
     config: &WorkerConfig,
 ) -> Result<Option<ExportRecord>, DbError> {
     let mut conn = ctx.pool.get().await?;
-    let claimed: Option<ClaimedId> = diesel::sql_query(
+    let claimed: Option<ClaimedId> = diesel::sql_query(concat!(
         "UPDATE exports SET lease_owner = $1, lease_expires_at = now() + $2::interval \
-         WHERE id = (SELECT id FROM exports \
-                     WHERE NOT job_done AND (lease_expires_at IS NULL OR lease_expires_at < now()) \
-                     ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+         WHERE id = (SELECT id FROM exports WHERE ",
+        claimable!(),
+        " ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
          RETURNING id",
-    )
+    ))
     .bind::<Text, _>(&config.worker_id)
     .bind::<Text, _>(lease_interval(config.lease))
     .get_result(&mut conn)
@@ -178,6 +185,23 @@ pub async fn claim(
         .first(&mut conn)
         .await?;
     Ok(Some(record))
+}
+
+/// How many jobs wait for a worker, across all replicas.
+pub async fn queue_depth(conn: &mut PooledConn) -> Result<i64, DbError> {
+    let QueueDepth { depth } = diesel::sql_query(concat!(
+        "SELECT count(*) AS depth FROM exports WHERE ",
+        claimable!()
+    ))
+    .get_result(conn)
+    .await?;
+    Ok(depth)
+}
+
+#[derive(diesel::QueryableByName)]
+struct QueueDepth {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    depth: i64,
 }
 
 #[derive(diesel::QueryableByName)]

@@ -30,6 +30,16 @@ pub enum ExportStatus {
 }
 
 impl ExportStatus {
+    /// Every status, in the order of an export's life.
+    pub const ALL: [ExportStatus; 6] = [
+        ExportStatus::Pending,
+        ExportStatus::Processing,
+        ExportStatus::Completed,
+        ExportStatus::Failed,
+        ExportStatus::Cancelled,
+        ExportStatus::Expired,
+    ];
+
     /// The value stored in `exports.status`.
     pub fn as_str(self) -> &'static str {
         match self {

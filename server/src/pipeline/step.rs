@@ -5,6 +5,13 @@ pub const RESOLVE_TAG_FILTER: &str = "resolve-tag-filter";
 pub const RESOLVE_EXPORT_METADATA: &str = "resolve-export-metadata";
 pub const STREAM_EXPORT: &str = "stream-export";
 pub const SEND_NOTIFICATION: &str = "send-notification";
+/// All of them, in order.
+pub const ALL: [&str; 4] = [
+    RESOLVE_TAG_FILTER,
+    RESOLVE_EXPORT_METADATA,
+    STREAM_EXPORT,
+    SEND_NOTIFICATION,
+];
 
 /// Why a step did not succeed.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ use crate::api::{ExportApi, ExportServiceServer};
 use crate::db::{self, DbError, PgPool};
 use crate::events::{Events, Listener};
 use crate::mail::Mailer;
+use crate::metrics::{self, Metrics};
 use crate::pipeline::{PipelineContext, RetryPolicy};
 use crate::worker::{self, WorkerConfig};
 
@@ -25,6 +26,9 @@ pub struct Settings {
     pub mailer: Option<Mailer>,
     /// Port 0 picks a free port (see [`Application::local_addr`]).
     pub listen: SocketAddr,
+    /// Where to serve Prometheus metrics at `/metrics`; `None`: nowhere. Port 0 picks a free
+    /// port (see [`Application::metrics_addr`]).
+    pub metrics_listen: Option<SocketAddr>,
     pub worker: WorkerConfig,
     pub batch_size: usize,
     pub retry: RetryPolicy,
@@ -49,6 +53,11 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("metrics endpoint: cannot listen on {addr}: {source}")]
+    MetricsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
@@ -63,6 +72,9 @@ pub struct Application {
     pool: PgPool,
     events: Events,
     notifications: Listener,
+    metrics: Metrics,
+    /// The bound metrics endpoint and its address, when asked for.
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Application {
@@ -80,6 +92,14 @@ impl Application {
             addr: settings.listen,
             source,
         })?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(
+                bind(addr)
+                    .await
+                    .map_err(|source| AppError::MetricsBind { addr, source })?,
+            ),
+            None => None,
+        };
         let pool = db::pool(
             &settings.database_url,
             settings.worker.workers * CONNECTIONS_PER_JOB + CONNECTIONS_FOR_API,
@@ -92,7 +112,14 @@ impl Application {
             pool,
             events: Events::default(),
             notifications,
+            metrics: Metrics::default(),
+            metrics_listener,
         })
+    }
+
+    /// The bound address of the metrics endpoint, if it has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The bound address (with the real port when asked for port 0).
@@ -130,8 +157,18 @@ impl Application {
             events: self.events.clone(),
             batch_size,
             retry,
+            metrics: self.metrics.clone(),
         };
         let workers = tokio::spawn(worker::run(context, worker_config, stop.clone()));
+        let metrics_task = self.metrics_listener.map(|(listener, addr)| {
+            tracing::info!(%addr, "serving metrics at /metrics");
+            tokio::spawn(metrics::http::serve(
+                listener,
+                self.metrics.clone(),
+                self.pool.clone(),
+                stop.clone(),
+            ))
+        });
 
         let api = ExportApi::new(
             self.pool.clone(),
@@ -170,7 +207,19 @@ impl Application {
         stop.cancel();
         let _ = workers.await;
         let _ = listener_task.await;
+        if let Some(task) = metrics_task
+            && let Ok(Err(e)) = task.await
+        {
+            tracing::warn!(error = %e, "the metrics endpoint failed");
+        }
         served?;
         Ok(())
     }
+}
+
+/// A listener on `addr` and the address it got (the real port when asked for port 0).
+async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
 }

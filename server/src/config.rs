@@ -33,6 +33,9 @@ pub struct ServeArgs {
     /// gRPC listen address.
     #[arg(long, env = "EXPORTD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (plain HTTP). Unset: no endpoint.
+    #[arg(long, env = "EXPORTD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub jobs: JobArgs,
 }
@@ -67,6 +70,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
             .field("mail_from", &self.mail_from)
             .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
             .field("jobs", &self.jobs)
             .finish()
     }
@@ -140,6 +144,7 @@ impl ServeArgs {
             storage: storage_operator(&self.storage)?,
             mailer,
             listen: self.listen,
+            metrics_listen: self.metrics_listen,
             worker: self.jobs.worker_config(),
             batch_size: self.jobs.batch_size as usize,
             retry: RetryPolicy::default(),

@@ -102,6 +102,7 @@ async fn run_one(
         interrupts.lease_lost.clone(),
     ));
     tracing::info!(export_id = %export.id, "job claimed");
+    let _running = ctx.metrics.job_running();
     runner::run(ctx, &export, &config.worker_id, &interrupts).await;
     heartbeat.abort();
 }

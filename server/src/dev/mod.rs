@@ -29,6 +29,9 @@ pub struct DevArgs {
     /// gRPC listen address.
     #[arg(long, env = "EXPORTD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (plain HTTP). Unset: no endpoint.
+    #[arg(long, env = "EXPORTD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Contacts to seed in the demo workspace (only when the data folder is new).
     #[arg(long, default_value_t = 10_000)]
     pub seed_contacts: u64,
@@ -92,6 +95,7 @@ async fn serve(
             "Contact Export <exports@localhost>",
         )?),
         listen: args.listen,
+        metrics_listen: args.metrics_listen,
         worker: args.jobs.worker_config(),
         batch_size: args.jobs.batch_size as usize,
         retry: RetryPolicy::default(),

@@ -30,6 +30,7 @@ use opendal::Operator;
 use crate::db::PgPool;
 use crate::events::Events;
 use crate::mail::Mailer;
+use crate::metrics::Metrics;
 
 /// What every job needs from the outside world.
 #[derive(Clone)]
@@ -44,6 +45,8 @@ pub struct PipelineContext {
     /// Rows per batch of the stream.
     pub batch_size: usize,
     pub retry: RetryPolicy,
+    /// This replica's counters: rows and bytes written, step attempts, retries, failures.
+    pub metrics: Metrics,
 }
 
 /// How the runner retries the stream step.

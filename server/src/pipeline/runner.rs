@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -215,7 +216,10 @@ async fn stream_with_retries(
             options,
             storage_key: &storage_key,
         };
-        let error = match stream_export::run(ctx, state, interrupts, input).await {
+        let started = Instant::now();
+        let attempt = stream_export::run(ctx, state, interrupts, input).await;
+        observe(ctx, step::STREAM_EXPORT, started, &attempt);
+        let error = match attempt {
             Ok(stored) => return Ok(stored),
             Err(error) => error,
         };
@@ -233,6 +237,7 @@ async fn stream_with_retries(
         }
         tracing::warn!(export_id = %export.id, error = %public, cause = %source, retries_left, "stream attempt failed; retrying");
         retries_left -= 1;
+        ctx.metrics.step_retried(step::STREAM_EXPORT);
         interrupts.sleep(backoff).await?;
         backoff *= 2;
         if *kind == FailureKind::Read && snapshot.is_some() {
@@ -254,12 +259,14 @@ async fn fresh_metadata(
 ) -> Result<(Snapshot, ExportMetadata), StepError> {
     state.step(step::RESOLVE_EXPORT_METADATA).await?;
     memo.start(step::RESOLVE_EXPORT_METADATA).await?;
+    let started = Instant::now();
     let result = async {
         let snapshot = Snapshot::open(&ctx.database_url).await?;
         let metadata = resolve_export_metadata::run(ctx, &snapshot, selection).await?;
         Ok((snapshot, metadata))
     }
     .await;
+    observe(ctx, step::RESOLVE_EXPORT_METADATA, started, &result);
     match result {
         Ok((snapshot, metadata)) => {
             memo.record(
@@ -278,6 +285,12 @@ async fn fresh_metadata(
             Err(error)
         }
     }
+}
+
+/// Counts one attempt of a step in this replica's metrics.
+fn observe<T>(ctx: &PipelineContext, name: &str, started: Instant, result: &Result<T, StepError>) {
+    let failed = matches!(result, Err(StepError::Failed { .. }));
+    ctx.metrics.step_attempt(name, started.elapsed(), failed);
 }
 
 /// The persisted steps of one export.
@@ -307,7 +320,10 @@ impl Memo<'_> {
         }
         self.state.step(name).await?;
         self.start(name).await?;
-        match step.await {
+        let started = Instant::now();
+        let result = step.await;
+        observe(self.ctx, name, started, &result);
+        match result {
             Ok(output) => {
                 self.record(name, "succeeded", Some(&output), None).await?;
                 Ok(output)

@@ -215,6 +215,7 @@ impl TestApp {
             storage: options.storage.clone(),
             mailer: options.mailer,
             listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: None,
             worker,
             batch_size: options.batch_size,
             retry: options.retry,

@@ -96,8 +96,10 @@ async fn write_rows(
 
     let header = encoder.encode_header();
     hasher.update(&header);
-    size += header.len() as i64;
+    let header_len = header.len();
+    size += header_len as i64;
     writer.write(header).await.map_err(StepError::write)?;
+    ctx.metrics.bytes_written(header_len);
 
     if let Some(snapshot) = input.snapshot {
         snapshot.open_cursor(input.selection).await?;
@@ -108,11 +110,15 @@ async fn write_rows(
                 break;
             }
             let bytes = encoder.encode_batch(&batch);
-            rows += batch.len() as i64;
+            let batch_rows = batch.len();
+            rows += batch_rows as i64;
             drop(batch);
             hasher.update(&bytes);
-            size += bytes.len() as i64;
+            let batch_len = bytes.len();
+            size += batch_len as i64;
             writer.write(bytes).await.map_err(StepError::write)?;
+            ctx.metrics.rows_exported(batch_rows);
+            ctx.metrics.bytes_written(batch_len);
             state.progress(rows).await?;
         }
     }

@@ -89,7 +89,7 @@ struct JobDone {
 
 /// Waits until the export's job has run every step (the notification runs after COMPLETED,
 /// which the API already reports), woken by the same NOTIFY the service uses.
-async fn wait_for_job_done(db: &TestDb, export_id: Uuid) {
+pub async fn wait_for_job_done(db: &TestDb, export_id: Uuid) {
     let mut listener = db.conn().await;
     diesel::sql_query("LISTEN export_changed")
         .execute(&mut listener)

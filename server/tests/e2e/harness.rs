@@ -166,6 +166,8 @@ pub struct AppOptions {
     pub workers: usize,
     pub retry: RetryPolicy,
     pub lease: Duration,
+    /// Serve `/metrics` on 127.0.0.1:0 (see [`TestApp::metrics_addr`]).
+    pub metrics: bool,
 }
 
 impl Default for AppOptions {
@@ -181,6 +183,7 @@ impl Default for AppOptions {
                 backoff: Duration::from_millis(20),
             },
             lease: Duration::from_secs(30),
+            metrics: false,
         }
     }
 }
@@ -188,6 +191,8 @@ impl Default for AppOptions {
 /// A running service and what a test needs around it.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The metrics endpoint, when [`AppOptions::metrics`] asked for one.
+    pub metrics_addr: Option<SocketAddr>,
     pub db: TestDb,
     pub storage: Operator,
     /// A workspace with a user that has an email, and a client with its token.
@@ -215,7 +220,7 @@ impl TestApp {
             storage: options.storage.clone(),
             mailer: options.mailer,
             listen: "127.0.0.1:0".parse().unwrap(),
-            metrics_listen: None,
+            metrics_listen: options.metrics.then(|| "127.0.0.1:0".parse().unwrap()),
             worker,
             batch_size: options.batch_size,
             retry: options.retry,
@@ -224,6 +229,7 @@ impl TestApp {
             .await
             .expect("building the app");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             app.run_until_stopped(async {
@@ -235,6 +241,7 @@ impl TestApp {
         let ws = Workspace::create(&db, addr, true).await;
         TestApp {
             addr,
+            metrics_addr,
             db,
             storage: options.storage,
             ws,

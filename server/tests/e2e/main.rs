@@ -8,6 +8,7 @@ mod failing_storage;
 mod faults;
 mod fixture;
 mod harness;
+mod metrics;
 mod notifications;
 mod tokens;
 mod watch_download;

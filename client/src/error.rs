@@ -11,8 +11,8 @@ pub enum ClientError {
     /// The token cannot be sent as `authorization: Bearer <token>` metadata.
     #[error("invalid token: {0}")]
     InvalidToken(&'static str),
-    /// The address cannot be used: an unknown scheme, or `https://` (TLS is not built in yet,
-    /// and falling back to plaintext would send the token in the clear).
+    /// The address cannot be used: an unknown scheme, or TLS settings with a plaintext
+    /// `http://` address (they would be silently unused).
     #[error("cannot use address {addr:?}: {reason}")]
     InvalidAddress {
         /// The address as given.
@@ -20,6 +20,9 @@ pub enum ClientError {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// The TLS settings cannot be used (a CA or client certificate file without PEM).
+    #[error("TLS settings: {0}")]
+    InvalidTls(&'static str),
     /// The address is not a valid URI, or the connection failed.
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),

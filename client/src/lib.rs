@@ -30,6 +30,7 @@
 mod auth;
 mod download;
 mod error;
+mod tls;
 
 use std::time::Duration;
 
@@ -51,6 +52,7 @@ pub use contact_export::v1::{
 };
 pub use download::Download;
 pub use error::{ClientError, code_name};
+pub use tls::ClientTls;
 
 /// The generated client with [`BearerAuth`] in front, as [`ExportClient::raw`] returns it.
 pub type AuthedServiceClient = ExportServiceClient<InterceptedService<Channel, BearerAuth>>;
@@ -79,16 +81,31 @@ pub fn is_terminal(status: ExportStatus) -> bool {
 }
 
 impl ExportClient {
-    /// Connects to `addr` (`http://host:port`; a bare `host:port` means `http://`) and sends
-    /// `token` as `authorization: Bearer <token>` on every request.
+    /// Connects to `addr` and sends `token` as `authorization: Bearer <token>` on every
+    /// request.
     ///
-    /// The token is checked before connecting ([`ClientError::InvalidToken`]). `https://`
-    /// addresses are recognised but refused with [`ClientError::InvalidAddress`] until TLS is
-    /// built in: tonic without TLS would speak plaintext to them and leak the token.
+    /// `https://host:port` speaks TLS and trusts the Mozilla root certificates built into the
+    /// client (webpki-roots); `http://host:port`, or a bare `host:port`, speaks plaintext. For
+    /// a private CA or a client certificate use [`ExportClient::connect_with`].
+    ///
+    /// The token is checked before connecting ([`ClientError::InvalidToken`]).
     pub async fn connect(addr: &str, token: impl Into<String>) -> Result<Self, ClientError> {
+        Self::connect_with(addr, token, ClientTls::default()).await
+    }
+
+    /// [`ExportClient::connect`] with TLS settings: a CA to trust instead of the built-in
+    /// roots, a client certificate for servers that require one (mutual TLS), and the name
+    /// the server's certificate must carry when it is not the address's host.
+    ///
+    /// Settings that are not the default need an `https://` address: with `http://` they are
+    /// refused ([`ClientError::InvalidAddress`]) rather than silently unused.
+    pub async fn connect_with(
+        addr: &str,
+        token: impl Into<String>,
+        tls: ClientTls,
+    ) -> Result<Self, ClientError> {
         let auth = BearerAuth::new(token)?;
-        let uri = endpoint_uri(addr)?;
-        let channel = Endpoint::from_shared(uri)?
+        let channel = endpoint(addr, tls)?
             .connect_timeout(CONNECT_TIMEOUT)
             .connect()
             .await?;
@@ -245,19 +262,33 @@ impl ExportClient {
     }
 }
 
-/// The endpoint URI for `addr`: `http://` as given or added to a bare `host:port`.
-fn endpoint_uri(addr: &str) -> Result<String, ClientError> {
-    let refuse = |reason| ClientError::InvalidAddress {
-        addr: addr.to_owned(),
-        reason,
-    };
+/// The endpoint for `addr`, with TLS for `https://`.
+fn endpoint(addr: &str, tls: ClientTls) -> Result<Endpoint, ClientError> {
+    let (uri, https) = endpoint_uri(addr)?;
+    let endpoint = Endpoint::from_shared(uri)?;
+    if https {
+        Ok(endpoint.tls_config(tls.into_config()?)?)
+    } else if tls.is_default() {
+        Ok(endpoint)
+    } else {
+        Err(ClientError::InvalidAddress {
+            addr: addr.to_owned(),
+            reason: "TLS settings (CA, client certificate, server name) need an https:// address",
+        })
+    }
+}
+
+/// The endpoint URI for `addr` and whether it is `https://`: `http://` is added to a bare
+/// `host:port`.
+fn endpoint_uri(addr: &str) -> Result<(String, bool), ClientError> {
     match addr.split_once("://") {
-        None => Ok(format!("http://{addr}")),
-        Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => Ok(addr.to_owned()),
-        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => Err(refuse(
-            "TLS is not supported yet, and plaintext would expose the token; use http://",
-        )),
-        Some(_) => Err(refuse("the scheme must be http://")),
+        None => Ok((format!("http://{addr}"), false)),
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => Ok((addr.to_owned(), false)),
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => Ok((addr.to_owned(), true)),
+        Some(_) => Err(ClientError::InvalidAddress {
+            addr: addr.to_owned(),
+            reason: "the scheme must be http:// or https://",
+        }),
     }
 }
 
@@ -269,16 +300,40 @@ mod tests {
     fn endpoint_uris() {
         assert_eq!(
             endpoint_uri("127.0.0.1:50051").unwrap(),
-            "http://127.0.0.1:50051"
+            ("http://127.0.0.1:50051".to_owned(), false)
         );
-        assert_eq!(endpoint_uri("http://h:1").unwrap(), "http://h:1");
-        assert_eq!(endpoint_uri("HTTP://h:1").unwrap(), "HTTP://h:1");
-        for refused in ["https://h:1", "ftp://h:1"] {
+        assert_eq!(
+            endpoint_uri("http://h:1").unwrap(),
+            ("http://h:1".into(), false)
+        );
+        assert_eq!(
+            endpoint_uri("HTTP://h:1").unwrap(),
+            ("HTTP://h:1".into(), false)
+        );
+        assert_eq!(
+            endpoint_uri("https://h:1").unwrap(),
+            ("https://h:1".into(), true)
+        );
+        assert!(matches!(
+            endpoint_uri("ftp://h:1"),
+            Err(ClientError::InvalidAddress { .. })
+        ));
+    }
+
+    #[test]
+    fn tls_settings_need_https() {
+        let tls = ClientTls {
+            domain: Some("localhost".into()),
+            ..ClientTls::default()
+        };
+        for plaintext in ["http://127.0.0.1:1", "127.0.0.1:1"] {
             assert!(matches!(
-                endpoint_uri(refused),
+                endpoint(plaintext, tls.clone()),
                 Err(ClientError::InvalidAddress { .. })
             ));
         }
+        assert!(endpoint("https://127.0.0.1:1", tls).is_ok());
+        assert!(endpoint("https://127.0.0.1:1", ClientTls::default()).is_ok());
     }
 
     #[test]

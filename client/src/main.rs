@@ -26,12 +26,20 @@ async fn main() -> ExitCode {
 /// Prints the error the way the exit-code table above promises and picks the code.
 fn report(err: &anyhow::Error) -> ExitCode {
     match rpc_status(err) {
-        Some(status) => {
-            eprintln!("error: {}: {}", code_name(status.code()), status.message());
-            ExitCode::from(2)
-        }
+        Some(status) => match std::error::Error::source(status) {
+            // The call failed in the connection (a reset, a TLS refusal of the client's
+            // certificate), not as an answer of the server: say what happened.
+            Some(transport) if transport.is::<tonic::transport::Error>() => {
+                eprintln!("error: connection failed: {}", chain_line(transport));
+                ExitCode::from(3)
+            }
+            _ => {
+                eprintln!("error: {}: {}", code_name(status.code()), status.message());
+                ExitCode::from(2)
+            }
+        },
         None => {
-            eprintln!("error: {}", chain_line(err));
+            eprintln!("error: {}", chain_line(err.as_ref()));
             ExitCode::from(3)
         }
     }
@@ -44,9 +52,9 @@ fn rpc_status(err: &anyhow::Error) -> Option<&Status> {
 
 /// `outer: inner: root`, like `{:#}`, without repeating a cause that restates the previous
 /// one (hyper's connection errors do: "tcp connect error: tcp connect error: refused").
-fn chain_line(err: &anyhow::Error) -> String {
+fn chain_line(err: &(dyn std::error::Error + 'static)) -> String {
     let mut messages: Vec<String> = Vec::new();
-    for cause in err.chain() {
+    for cause in std::iter::successors(Some(err), |cause| cause.source()) {
         let message = cause.to_string();
         if messages.last() != Some(&message) {
             messages.push(message);

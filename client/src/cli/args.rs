@@ -32,6 +32,28 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// PEM CA certificate(s) to trust for an `https://` address instead of the built-in roots.
+    #[arg(long, global = true, env = "EXPORT_CA_CERT", value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// PEM client certificate for servers that require one (mutual TLS); with --client-key.
+    #[arg(long, global = true, env = "EXPORT_CLIENT_CERT", value_name = "PATH")]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(long, global = true, env = "EXPORT_CLIENT_KEY", value_name = "PATH")]
+    pub client_key: Option<PathBuf>,
+
+    /// Name the server's certificate must carry, when it is not the address's host (e.g.
+    /// `localhost` for `https://127.0.0.1:50051`).
+    #[arg(
+        long,
+        global = true,
+        env = "EXPORT_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    pub tls_server_name: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -208,6 +230,28 @@ mod tests {
             );
         }
         assert!(create(&["--delimiter", ";"]).is_err());
+    }
+
+    #[test]
+    fn tls_options_are_global() {
+        let cli = Cli::try_parse_from([
+            "exportctl",
+            "get",
+            "id",
+            "--ca-cert",
+            "ca.pem",
+            "--client-cert",
+            "c.pem",
+            "--client-key",
+            "k.pem",
+            "--tls-server-name",
+            "localhost",
+        ])
+        .unwrap();
+        assert_eq!(cli.ca_cert, Some(PathBuf::from("ca.pem")));
+        assert_eq!(cli.client_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(cli.client_key, Some(PathBuf::from("k.pem")));
+        assert_eq!(cli.tls_server_name.as_deref(), Some("localhost"));
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::CommandFactory;
 use contact_export_client::{
-    ClientError, CreateExportRequest, CsvOptions, Export, ExportClient, ExportStatus, LineEnding,
-    is_terminal,
+    ClientError, ClientTls, CreateExportRequest, CsvOptions, Export, ExportClient, ExportStatus,
+    LineEnding, is_terminal,
 };
 use futures::StreamExt;
 
@@ -17,6 +17,7 @@ use super::save::{PendingFile, target_path};
 
 /// Connects and runs the chosen subcommand.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let tls = client_tls(&cli)?;
     let Some(token) = cli.token else {
         Cli::command()
             .error(
@@ -25,7 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .exit();
     };
-    let client = ExportClient::connect(&cli.addr, token)
+    let client = ExportClient::connect_with(&cli.addr, token, tls)
         .await
         .map_err(|err| match err {
             ClientError::Transport(_) => {
@@ -48,6 +49,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The TLS settings from `--ca-cert`, `--client-cert`/`--client-key` and `--tls-server-name`.
+fn client_tls(cli: &Cli) -> anyhow::Result<ClientTls> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("{flag} {}: cannot read", path.display()))
+    };
+    let identity = match (&cli.client_cert, &cli.client_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((read("--client-cert", cert)?, read("--client-key", key)?)),
+        _ => Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--client-cert and --client-key go together (or EXPORT_CLIENT_CERT and \
+                 EXPORT_CLIENT_KEY)",
+            )
+            .exit(),
+    };
+    Ok(ClientTls {
+        ca_pem: match &cli.ca_cert {
+            Some(path) => Some(read("--ca-cert", path)?),
+            None => None,
+        },
+        identity,
+        domain: cli.tls_server_name.clone(),
+    })
 }
 
 async fn create(client: &ExportClient, args: CreateArgs, json: bool) -> anyhow::Result<ExitCode> {

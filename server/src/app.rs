@@ -16,6 +16,7 @@ use crate::events::{Events, Listener};
 use crate::mail::Mailer;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{PipelineContext, RetryPolicy};
+use crate::tls::TlsSettings;
 use crate::worker::{self, WorkerConfig};
 
 /// Everything the service needs, already parsed.
@@ -32,6 +33,8 @@ pub struct Settings {
     pub worker: WorkerConfig,
     pub batch_size: usize,
     pub retry: RetryPolicy,
+    /// `None`: plaintext gRPC.
+    pub tls: Option<TlsSettings>,
 }
 
 /// Requests larger than this are refused: the largest legitimate one (1,000 tag ids) is ~40 KiB.
@@ -141,8 +144,14 @@ impl Application {
             worker: worker_config,
             batch_size,
             retry,
+            tls,
             ..
         } = self.settings;
+        // Before anything is spawned: an error here leaves nothing running.
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            server = server.tls_config(tls.server_config())?;
+        }
 
         let listener_task = tokio::spawn(self.events.clone().run(
             database_url.clone(),
@@ -189,9 +198,9 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        tracing::info!(addr = %self.local_addr, "serving");
+        tracing::info!(addr = %self.local_addr, tls = tls.is_some(), "serving");
         let stop_on_signal = stop.clone();
-        let served = tonic::transport::Server::builder()
+        let served = server
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::app::Settings;
 use crate::mail::Mailer;
 use crate::pipeline::RetryPolicy;
+use crate::tls::TlsArgs;
 use crate::worker::WorkerConfig;
 
 /// Flags of `exportd serve`.
@@ -38,6 +39,8 @@ pub struct ServeArgs {
     pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub jobs: JobArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Flags that shape the job runner (shared by `serve` and `dev`).
@@ -72,6 +75,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("listen", &self.listen)
             .field("metrics_listen", &self.metrics_listen)
             .field("jobs", &self.jobs)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -102,6 +106,8 @@ pub enum ConfigError {
     StorageFolder { uri: String, source: std::io::Error },
     #[error("--smtp-url: {0}")]
     Mail(#[from] crate::mail::MailError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Builds the storage operator. `fs://` paths may be relative to the working directory and are
@@ -135,6 +141,8 @@ fn absolute_folder(path: &Path) -> std::io::Result<PathBuf> {
 impl ServeArgs {
     /// Turns flags into the application's settings.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
+        // First: a wrong TLS path fails before anything is created.
+        let tls = self.tls.settings()?;
         let mailer = match &self.smtp_url {
             Some(url) => Some(Mailer::from_url(url, &self.mail_from)?),
             None => None,
@@ -148,6 +156,7 @@ impl ServeArgs {
             worker: self.jobs.worker_config(),
             batch_size: self.jobs.batch_size as usize,
             retry: RetryPolicy::default(),
+            tls,
         })
     }
 }

@@ -34,5 +34,6 @@ pub mod metrics;
 pub mod pg;
 pub mod pipeline;
 pub mod storage;
+pub mod tls;
 pub mod tokens;
 pub mod worker;

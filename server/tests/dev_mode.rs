@@ -1,12 +1,13 @@
 //! `exportd dev`, the embedded default, as a user runs it: the real binary, its own PostgreSQL,
 //! the ready line, a real export through the client, restart, SIGTERM and kill -9.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use contact_export_client::{CreateExportRequest, ExportClient, ExportStatus};
+use contact_export_client::{ClientTls, CreateExportRequest, ExportClient, ExportStatus};
 use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
 
@@ -18,6 +19,10 @@ struct Ready {
 }
 
 fn start_dev(data_dir: &Path, seed: u64) -> (Child, Ready) {
+    start_dev_with(data_dir, seed, &[])
+}
+
+fn start_dev_with(data_dir: &Path, seed: u64, extra: &[&OsStr]) -> (Child, Ready) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_exportd"))
         .args([
             "dev",
@@ -28,6 +33,7 @@ fn start_dev(data_dir: &Path, seed: u64) -> (Child, Ready) {
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -186,4 +192,118 @@ async fn dev_serves_exports_restarts_on_its_data_and_stops_cleanly() {
         let cluster_root = pgdata.parent().unwrap();
         std::fs::remove_dir_all(cluster_root).unwrap();
     }
+}
+
+#[path = "e2e/pki.rs"]
+mod pki;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_tls_with_the_certificate_it_is_given() {
+    let root = tempfile::tempdir().unwrap();
+    // Enterable by the postgres user, so the cluster stays inside.
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let ca = pki::Ca::new("dev test CA");
+    let server = ca.server();
+    let client = ca.client("dev user");
+    let write = |name: &str, pem: &str| {
+        let path = root.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let (cert, key) = (
+        write("server.pem", &server.cert),
+        write("server.key", &server.key),
+    );
+    let client_ca = write("client-ca.pem", &ca.pem);
+    let data_dir = root.path().join("data");
+
+    let args = [
+        OsStr::new("--tls-cert"),
+        cert.as_os_str(),
+        OsStr::new("--tls-key"),
+        key.as_os_str(),
+        OsStr::new("--tls-client-ca"),
+        client_ca.as_os_str(),
+    ];
+    let (mut child, ready) = start_dev_with(&data_dir, 5, &args);
+    assert!(
+        ready.grpc.starts_with("https://127.0.0.1:"),
+        "{}",
+        ready.grpc
+    );
+    let tls = ClientTls {
+        ca_pem: Some(ca.pem.clone().into_bytes()),
+        identity: Some((client.cert.into_bytes(), client.key.into_bytes())),
+        domain: None,
+    };
+    let exports = ExportClient::connect_with(&ready.grpc, ready.token.clone(), tls)
+        .await
+        .unwrap();
+    let created = exports
+        .create(CreateExportRequest::default())
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(60), exports.wait(&created.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status(), ExportStatus::Completed);
+    assert_eq!(done.total_rows, 5);
+
+    let postgres = postmaster_pid(&data_dir);
+    // SAFETY: plain signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(wait_gone(postgres, Duration::from_secs(10)));
+    if let Ok(moved) = std::fs::read_to_string(data_dir.join("pgdata-location")) {
+        let pgdata = Path::new(moved.lines().next().unwrap().trim()).to_path_buf();
+        std::fs::remove_dir_all(pgdata.parent().unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn serve_and_dev_refuse_half_a_tls_configuration() {
+    let root = tempfile::tempdir().unwrap();
+    let cert = root.path().join("server.pem");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let missing = root.path().join("missing.key");
+    for (command, extra) in [
+        ("serve", ["--database-url", "postgres://127.0.0.1:1/none"]),
+        (
+            "dev",
+            ["--data-dir", root.path().join("data").to_str().unwrap()],
+        ),
+    ] {
+        let run = |args: &[&OsStr]| {
+            let output = Command::new(env!("CARGO_BIN_EXE_exportd"))
+                .arg(command)
+                .args(extra)
+                .args(args)
+                .env_remove("EXPORTD_TLS_CERT")
+                .env_remove("EXPORTD_TLS_KEY")
+                .env_remove("EXPORTD_TLS_CLIENT_CA")
+                .output()
+                .unwrap();
+            assert!(!output.status.success(), "{command} {args:?} started");
+            String::from_utf8(output.stderr).unwrap()
+        };
+        let err = run(&[OsStr::new("--tls-cert"), cert.as_os_str()]);
+        assert!(err.contains("--tls-key"), "{command}: {err}");
+        let err = run(&[
+            OsStr::new("--tls-cert"),
+            cert.as_os_str(),
+            OsStr::new("--tls-key"),
+            missing.as_os_str(),
+        ]);
+        assert!(
+            err.contains("--tls-key") && err.contains("missing.key"),
+            "{command}: {err}"
+        );
+    }
+    // `dev` checked its flags before starting PostgreSQL in the data folder.
+    assert!(!root.path().join("data").exists());
 }

@@ -16,6 +16,7 @@ use crate::db;
 use crate::mail::Mailer;
 use crate::pg::cluster::Cluster;
 use crate::pipeline::RetryPolicy;
+use crate::tls::{TlsArgs, TlsSettings};
 
 /// The database `dev` creates in its cluster.
 pub const DEV_DATABASE: &str = "exportd";
@@ -37,6 +38,8 @@ pub struct DevArgs {
     pub seed_contacts: u64,
     #[command(flatten)]
     pub jobs: JobArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Runs `dev` until Ctrl-C or SIGTERM.
@@ -44,11 +47,13 @@ pub async fn run(
     args: DevArgs,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    // Checked before PostgreSQL starts, so a wrong path fails at once.
+    let tls = args.tls.settings()?;
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let cluster_dir = data_dir.clone();
     let mut cluster = tokio::task::spawn_blocking(move || Cluster::start(&cluster_dir)).await??;
-    let result = serve(&args, &data_dir, &cluster, shutdown).await;
+    let result = serve(&args, tls, &data_dir, &cluster, shutdown).await;
     // Stop PostgreSQL whatever happened above, then report.
     let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await?;
     result?;
@@ -58,6 +63,7 @@ pub async fn run(
 
 async fn serve(
     args: &DevArgs,
+    tls: Option<TlsSettings>,
     data_dir: &Path,
     cluster: &Cluster,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -99,11 +105,17 @@ async fn serve(
         worker: args.jobs.worker_config(),
         batch_size: args.jobs.batch_size as usize,
         retry: RetryPolicy::default(),
+        tls,
+    };
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
     };
     let app = Application::build(settings).await?;
     // The one line scripts wait for; everything else goes to stderr.
     println!(
-        "ready grpc=http://{} token={token} database={database_url}",
+        "ready grpc={scheme}://{} token={token} database={database_url}",
         app.local_addr()
     );
     use std::io::Write as _;

@@ -1,7 +1,5 @@
 //! CRM data for tests: workspaces, users, tokens, contacts and tags, inserted in SQL.
 
-use std::net::SocketAddr;
-
 use chrono::{DateTime, TimeZone, Utc};
 use contact_export_client::ExportClient;
 use contact_export_server::auth::{self, Principal};
@@ -9,7 +7,7 @@ use diesel::sql_types::{Bool, Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::harness::TestDb;
+use super::harness::{Dial, TestDb};
 
 /// A workspace, its user, and a client holding that user's token.
 pub struct Workspace {
@@ -21,15 +19,15 @@ pub struct Workspace {
 
 impl Workspace {
     /// A workspace whose user has an email; notifications as asked.
-    pub async fn create(db: &TestDb, addr: SocketAddr, notifications: bool) -> Workspace {
+    pub async fn create(db: &TestDb, dial: impl Into<Dial>, notifications: bool) -> Workspace {
         let id = Uuid::new_v4();
         let email = format!("owner-{}@example.com", id.simple());
-        Workspace::create_with(db, addr, notifications, Some(&email)).await
+        Workspace::create_with(db, dial, notifications, Some(&email)).await
     }
 
     pub async fn create_with(
         db: &TestDb,
-        addr: SocketAddr,
+        dial: impl Into<Dial>,
         notifications: bool,
         email: Option<&str>,
     ) -> Workspace {
@@ -64,9 +62,7 @@ impl Workspace {
         )
         .await
         .unwrap();
-        let client = ExportClient::connect(&format!("http://{addr}"), token.clone())
-            .await
-            .unwrap();
+        let client = dial.into().connect(&token).await;
         Workspace {
             id,
             user_id,

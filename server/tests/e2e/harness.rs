@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use contact_export_client::ExportClient;
+use contact_export_client::{ClientTls, ExportClient};
 use contact_export_server::app::{Application, Settings};
 use contact_export_server::db;
 use contact_export_server::dev::fixture::CRM_SCHEMA;
 use contact_export_server::mail::Mailer;
 use contact_export_server::pg::cluster::Cluster;
 use contact_export_server::pipeline::RetryPolicy;
+use contact_export_server::tls::TlsSettings;
 use contact_export_server::worker::WorkerConfig;
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use opendal::Operator;
@@ -166,8 +167,41 @@ pub struct AppOptions {
     pub workers: usize,
     pub retry: RetryPolicy,
     pub lease: Duration,
+    /// `None`: plaintext.
+    pub tls: Option<TestTls>,
     /// Serve `/metrics` on 127.0.0.1:0 (see [`TestApp::metrics_addr`]).
     pub metrics: bool,
+}
+
+/// TLS for the service, and what its test clients use to connect.
+pub struct TestTls {
+    pub server: TlsSettings,
+    /// The settings of the workspace's client and of [`TestApp::client_with_token`].
+    pub client: ClientTls,
+}
+
+/// Where and how a test client connects; a plain address means plaintext.
+#[derive(Clone, Debug)]
+pub struct Dial {
+    pub url: String,
+    pub tls: ClientTls,
+}
+
+impl From<SocketAddr> for Dial {
+    fn from(addr: SocketAddr) -> Dial {
+        Dial {
+            url: format!("http://{addr}"),
+            tls: ClientTls::default(),
+        }
+    }
+}
+
+impl Dial {
+    pub async fn connect(&self, token: &str) -> ExportClient {
+        ExportClient::connect_with(&self.url, token, self.tls.clone())
+            .await
+            .expect("client connects")
+    }
 }
 
 impl Default for AppOptions {
@@ -183,6 +217,7 @@ impl Default for AppOptions {
                 backoff: Duration::from_millis(20),
             },
             lease: Duration::from_secs(30),
+            tls: None,
             metrics: false,
         }
     }
@@ -191,6 +226,8 @@ impl Default for AppOptions {
 /// A running service and what a test needs around it.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The address as a URL (`https://` with TLS) and the client TLS settings.
+    pub dial: Dial,
     /// The metrics endpoint, when [`AppOptions::metrics`] asked for one.
     pub metrics_addr: Option<SocketAddr>,
     pub db: TestDb,
@@ -224,11 +261,19 @@ impl TestApp {
             worker,
             batch_size: options.batch_size,
             retry: options.retry,
+            tls: options.tls.as_ref().map(|tls| tls.server.clone()),
         };
         let app = Application::build(settings)
             .await
             .expect("building the app");
         let addr = app.local_addr();
+        let dial = match options.tls {
+            Some(tls) => Dial {
+                url: format!("https://{addr}"),
+                tls: tls.client,
+            },
+            None => Dial::from(addr),
+        };
         let metrics_addr = app.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
@@ -238,9 +283,10 @@ impl TestApp {
             .await
             .expect("app ran");
         });
-        let ws = Workspace::create(&db, addr, true).await;
+        let ws = Workspace::create(&db, dial.clone(), true).await;
         TestApp {
             addr,
+            dial,
             metrics_addr,
             db,
             storage: options.storage,
@@ -252,9 +298,7 @@ impl TestApp {
 
     /// A client with another token (or none valid at all).
     pub async fn client_with_token(&self, token: &str) -> ExportClient {
-        ExportClient::connect(&format!("http://{}", self.addr), token)
-            .await
-            .expect("client connects")
+        self.dial.connect(token).await
     }
 
     /// Stops the service gracefully and waits for it.

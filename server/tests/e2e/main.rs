@@ -10,6 +10,8 @@ mod fixture;
 mod harness;
 mod metrics;
 mod notifications;
+mod pki;
+mod tls;
 mod tokens;
 mod watch_download;
 

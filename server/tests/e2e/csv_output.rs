@@ -1,9 +1,12 @@
 //! What lands in the file: every byte, compared with a CSV the test builds itself.
 
-use contact_export_client::ExportStatus;
+use contact_export_client::{
+    CreateExportRequest, CsvDelimiter, CsvOptions, ExportStatus, LineEnding,
+};
 use serde_json::json;
+use tonic::Code;
 
-use super::expected::expected_csv;
+use super::expected::{Format, expected_csv, expected_csv_as};
 use super::fixture::{Contact, tag_contact};
 use super::harness::TestApp;
 use super::{all_contacts, download_all, raw_cells, run_export, tagged};
@@ -189,4 +192,225 @@ async fn filenames_are_sanitised_and_defaulted() {
             && default.len() == "contacts-20260101-000000.csv".len(),
         "{default}"
     );
+}
+
+/// `request` with CSV options.
+fn with_csv(
+    mut request: CreateExportRequest,
+    delimiter: CsvDelimiter,
+    include_bom: bool,
+    line_ending: LineEnding,
+) -> CreateExportRequest {
+    request.csv_options = Some(CsvOptions {
+        disable_formula_neutralization: false,
+        delimiter: delimiter.into(),
+        include_bom,
+        line_ending: line_ending.into(),
+    });
+    request
+}
+
+/// The nasty contacts, one with every delimiter in its cells, and enough plain ones that the
+/// file spans several batches (the test service's batch size is 7).
+fn delimiter_contacts() -> Vec<Contact> {
+    let mut contacts = nasty_contacts();
+    let mut e = Contact::numbered(5).with_custom(json!({
+        "plan": "a;b", "list": "c|d", "note": "e\tf", "seats": "g,h", "semi;key": 1
+    }));
+    e.notes = Some("semi;colon|pipe\ttab,comma\r\nnext line\nand\rcr".into());
+    e.company = Some("\t\t".into());
+    contacts.push(e);
+    contacts.extend((6..=20).map(Contact::numbered));
+    contacts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semicolon_bom_crlf_byte_for_byte() {
+    let app = TestApp::spawn().await;
+    let contacts = delimiter_contacts();
+    app.ws.insert(&app.db, &contacts).await;
+    let request = with_csv(
+        all_contacts(),
+        CsvDelimiter::Semicolon,
+        true,
+        LineEnding::Crlf,
+    );
+    let created = app.ws.client.create(request.clone()).await.unwrap();
+    // The export echoes its options.
+    assert_eq!(created.csv_options, request.csv_options);
+
+    let done = run_export(&app.ws.client, request.clone()).await;
+    assert_eq!(done.status(), ExportStatus::Completed, "{done:?}");
+    assert_eq!(done.csv_options, request.csv_options);
+    let file = download_all(&app.ws.client, &done.id).await;
+    assert_eq!(done.size_bytes as usize, file.len());
+    let refs: Vec<&Contact> = contacts.iter().collect();
+    let format = Format {
+        delimiter: ';',
+        bom: true,
+        crlf: true,
+        ..Format::default()
+    };
+    assert_eq!(file, expected_csv_as(&refs, format));
+
+    // The decisions, spelled out rather than only through the builder.
+    assert!(file.starts_with(
+        "\u{FEFF}email;first_name;last_name;phone;company;notes;is_unsubscribed;created_at;\
+         cmd;custom_fields.email;list;nested;note;plan;ratio;seats;\"semi;key\";vip\r\n"
+    ));
+    assert_eq!(file.matches('\u{FEFF}').count(), 1, "one BOM, at the start");
+    // Commas are data now; the line breaks inside a quoted field are kept as they were.
+    assert!(file.contains(
+        "\r\nperson5@example.com;First5;Last5;;'\t\t;\
+         \"semi;colon|pipe\ttab,comma\r\nnext line\nand\rcr\";false;"
+    ));
+    assert!(file.contains(";e\tf;\"a;b\";;g,h;1;\r\n"));
+    assert!(file.ends_with("2024-05-01T12:00:20.123456Z;;;;;;;;;;\r\n"));
+    // Every record ends in CRLF: no LF outside a quoted field lacks its CR.
+    let records = file.split("\r\n").count() - 1;
+    assert_eq!(records, 1 + contacts.len() + 2, "two notes hold a CRLF");
+
+    // The header-only file of a filter that matches nobody has the same shape.
+    let unused = app.ws.tag(&app.db, "unused").await;
+    let request = with_csv(
+        tagged(&[unused]),
+        CsvDelimiter::Semicolon,
+        true,
+        LineEnding::Crlf,
+    );
+    let done = run_export(&app.ws.client, request).await;
+    assert_eq!(done.status(), ExportStatus::Completed, "{done:?}");
+    assert_eq!(
+        download_all(&app.ws.client, &done.id).await,
+        "\u{FEFF}email;first_name;last_name;phone;company;notes;is_unsubscribed;created_at\r\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tab_delimited() {
+    let app = TestApp::spawn().await;
+    let contacts = delimiter_contacts();
+    app.ws.insert(&app.db, &contacts).await;
+    let refs: Vec<&Contact> = contacts.iter().collect();
+    let request = with_csv(all_contacts(), CsvDelimiter::Tab, false, LineEnding::Lf);
+    let done = run_export(&app.ws.client, request.clone()).await;
+    assert_eq!(done.status(), ExportStatus::Completed, "{done:?}");
+    assert_eq!(done.csv_options, request.csv_options);
+    let file = download_all(&app.ws.client, &done.id).await;
+    let format = Format {
+        delimiter: '\t',
+        ..Format::default()
+    };
+    assert_eq!(file, expected_csv_as(&refs, format));
+    assert!(file.starts_with("email\tfirst_name\tlast_name\tphone\t"));
+    // A cell that starts with a tab is neutralised, then quoted for the tab it contains.
+    assert!(file.contains(
+        "\nplain@example.com\t\"'\tTabbed\"\t'-minus\t\tAcme\t\ttrue\t2024-05-01T12:00:03.123456Z\t"
+    ));
+    assert!(file.contains("\t\"'\t\t\"\t"), "{file}");
+    // Commas are not quoted in a tab-separated file.
+    assert!(file.contains("\tg,h\t"));
+
+    // Neutralisation off: the raw tab, quoted.
+    let mut raw = request;
+    raw.csv_options
+        .as_mut()
+        .unwrap()
+        .disable_formula_neutralization = true;
+    let done = run_export(&app.ws.client, raw).await;
+    let file = download_all(&app.ws.client, &done.id).await;
+    let format = Format {
+        neutralize: false,
+        ..format
+    };
+    assert_eq!(file, expected_csv_as(&refs, format));
+    assert!(file.contains("\nplain@example.com\t\"\tTabbed\"\t-minus\t"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_delimited() {
+    let app = TestApp::spawn().await;
+    let contacts = delimiter_contacts();
+    app.ws.insert(&app.db, &contacts).await;
+    let refs: Vec<&Contact> = contacts.iter().collect();
+    let request = with_csv(all_contacts(), CsvDelimiter::Pipe, false, LineEnding::Lf);
+    let done = run_export(&app.ws.client, request).await;
+    assert_eq!(done.status(), ExportStatus::Completed, "{done:?}");
+    let file = download_all(&app.ws.client, &done.id).await;
+    let format = Format {
+        delimiter: '|',
+        ..Format::default()
+    };
+    assert_eq!(file, expected_csv_as(&refs, format));
+    assert!(file.starts_with("email|first_name|last_name|"));
+    assert!(file.contains("|\"c|d\"|"));
+    assert!(file.ends_with("2024-05-01T12:00:20.123456Z||||||||||\n"));
+    assert!(!file.starts_with('\u{FEFF}'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_options_are_checked_and_echoed() {
+    let app = TestApp::spawn_with(super::harness::AppOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let client = &app.ws.client;
+    for (options, message) in [
+        (
+            CsvOptions {
+                delimiter: 9,
+                ..Default::default()
+            },
+            "csv_options.delimiter: unknown value 9",
+        ),
+        (
+            CsvOptions {
+                line_ending: 3,
+                ..Default::default()
+            },
+            "csv_options.line_ending: unknown value 3",
+        ),
+    ] {
+        let status = client
+            .create(CreateExportRequest {
+                csv_options: Some(options),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::InvalidArgument, message)
+        );
+    }
+    assert!(client.list_all().await.unwrap().is_empty());
+
+    // Absent options and UNSPECIFIED enums are the defaults, echoed resolved.
+    let resolved_defaults = Some(CsvOptions {
+        disable_formula_neutralization: false,
+        delimiter: CsvDelimiter::Comma.into(),
+        include_bom: false,
+        line_ending: LineEnding::Lf.into(),
+    });
+    let plain = client.create(all_contacts()).await.unwrap();
+    assert_eq!(plain.csv_options, resolved_defaults);
+    let unspecified = client
+        .create(CreateExportRequest {
+            csv_options: Some(CsvOptions::default()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(unspecified.csv_options, resolved_defaults);
+
+    let pipe = with_csv(all_contacts(), CsvDelimiter::Pipe, true, LineEnding::Crlf);
+    let created = client.create(pipe.clone()).await.unwrap();
+    assert_eq!(
+        client.get(created.id.clone()).await.unwrap().csv_options,
+        pipe.csv_options
+    );
+    let listed = client.list_all().await.unwrap();
+    let found = listed.iter().find(|e| e.id == created.id).unwrap();
+    assert_eq!(found.csv_options, pipe.csv_options);
 }

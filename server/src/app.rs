@@ -33,6 +33,8 @@ pub struct Settings {
     pub worker: WorkerConfig,
     pub batch_size: usize,
     pub retry: RetryPolicy,
+    /// A workspace's cap on exports pending or processing (across replicas).
+    pub max_queued_exports: u32,
     /// `None`: plaintext gRPC.
     pub tls: Option<TlsSettings>,
 }
@@ -145,6 +147,7 @@ impl Application {
             batch_size,
             retry,
             tls,
+            max_queued_exports,
             ..
         } = self.settings;
         // Before anything is spawned: an error here leaves nothing running.
@@ -183,6 +186,7 @@ impl Application {
             self.pool.clone(),
             storage,
             self.events.clone(),
+            max_queued_exports,
             stop.clone(),
         );
         let export_service =

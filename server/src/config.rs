@@ -55,6 +55,10 @@ pub struct JobArgs {
     /// Seconds a job's lease lasts without renewal; a dead worker's job is resumed after it.
     #[arg(long, env = "EXPORTD_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
     pub lease_seconds: u64,
+    /// Exports one workspace may have pending or processing at once, across all replicas;
+    /// CreateExport beyond it is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "EXPORTD_MAX_QUEUED_EXPORTS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queued_exports: u32,
 }
 
 impl JobArgs {
@@ -157,6 +161,7 @@ impl ServeArgs {
             batch_size: self.jobs.batch_size as usize,
             retry: RetryPolicy::default(),
             tls,
+            max_queued_exports: self.jobs.max_queued_exports,
         })
     }
 }

@@ -33,6 +33,9 @@ pub struct ExportApi {
     pool: PgPool,
     storage: Operator,
     events: Events,
+    /// A workspace's cap on exports pending or processing; CreateExport beyond it is
+    /// RESOURCE_EXHAUSTED.
+    max_queued_exports: u32,
     /// Ends open streams when the server stops, so that graceful shutdown does not wait for a
     /// long export's watchers.
     shutdown: CancellationToken,
@@ -43,12 +46,14 @@ impl ExportApi {
         pool: PgPool,
         storage: Operator,
         events: Events,
+        max_queued_exports: u32,
         shutdown: CancellationToken,
     ) -> Self {
         ExportApi {
             pool,
             storage,
             events,
+            max_queued_exports,
             shutdown,
         }
     }
@@ -78,7 +83,13 @@ impl ExportService for ExportApi {
             convert::options_from_proto(req.csv_options.as_ref())?,
             chrono::Utc::now(),
         )?;
-        let record = repo::create(&mut *self.conn().await?, principal, new).await?;
+        let record = repo::create(
+            &mut *self.conn().await?,
+            principal,
+            new,
+            self.max_queued_exports,
+        )
+        .await?;
         // This replica's idle worker starts it without waiting for the NOTIFY round trip.
         self.events.wake_worker();
         Ok(Response::new(convert::export_to_proto(&record)))

@@ -106,6 +106,7 @@ async fn serve(
         batch_size: args.jobs.batch_size as usize,
         retry: RetryPolicy::default(),
         tls,
+        max_queued_exports: args.jobs.max_queued_exports,
     };
     let scheme = if settings.tls.is_some() {
         "https"

@@ -16,14 +16,17 @@ pub const MAX_PAGE_SIZE: i64 = 500;
 
 /// Creates an export (its row is also its job), or returns the one created earlier with the
 /// same `request_id` and parameters in this workspace (FAILED_PRECONDITION if the parameters
-/// differ).
+/// differ). A new export is refused with RESOURCE_EXHAUSTED while the workspace has
+/// `max_queued` exports pending or processing; a replay is not a new export and always passes.
 pub async fn create(
     conn: &mut AsyncPgConnection,
     principal: Principal,
     new: NewExport,
+    max_queued: u32,
 ) -> Result<ExportRecord, ExportError> {
     let params = new.params();
     conn.transaction(async |conn| {
+        lock_workspace_creates(conn, principal.workspace_id).await?;
         if let Some(request_id) = &new.request_id
             && let Some((existing, stored)) =
                 find_by_request_id(conn, principal.workspace_id, request_id).await?
@@ -44,6 +47,13 @@ pub async fn create(
                     format!("no tag {unknown} in this workspace"),
                 ));
             }
+        }
+        let queued = count_queued(conn, principal.workspace_id).await?;
+        if queued >= i64::from(max_queued) {
+            return Err(ExportError::ResourceExhausted(format!(
+                "this workspace has {queued} exports queued or running and may have at most \
+                 {max_queued}; wait for some to finish or cancel some, then retry"
+            )));
         }
         let inserted: Option<ExportRecord> = diesel::insert_into(exports::table)
             .values((
@@ -77,6 +87,43 @@ pub async fn create(
         }
     })
     .await
+}
+
+/// Makes the creates of one workspace take turns until their transactions end, so that counting
+/// its queued exports and inserting one are a single step: two calls at the limit cannot both
+/// pass. Other workspaces do not wait (but for a rare hash collision, which only serialises).
+async fn lock_workspace_creates(
+    conn: &mut AsyncPgConnection,
+    workspace_id: Uuid,
+) -> Result<(), diesel::result::Error> {
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('exportd.create:' || $1::text, 0))",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(workspace_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Exports of the workspace waiting for or held by a worker.
+async fn count_queued(
+    conn: &mut AsyncPgConnection,
+    workspace_id: Uuid,
+) -> Result<i64, diesel::result::Error> {
+    #[derive(QueryableByName)]
+    struct Queued {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        queued: i64,
+    }
+    // Literal statuses, as in the partial index `exports_workspace_queued`, so that it is used.
+    let Queued { queued } = diesel::sql_query(
+        "SELECT count(*) AS queued FROM exports \
+         WHERE workspace_id = $1 AND status IN ('pending', 'processing')",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(workspace_id)
+    .get_result(conn)
+    .await?;
+    Ok(queued)
 }
 
 /// The export made under `request_id`, and the parameters it was made with.

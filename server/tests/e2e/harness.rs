@@ -167,6 +167,8 @@ pub struct AppOptions {
     pub workers: usize,
     pub retry: RetryPolicy,
     pub lease: Duration,
+    /// `--max-queued-exports`.
+    pub max_queued_exports: u32,
     /// `None`: plaintext.
     pub tls: Option<TestTls>,
     /// Serve `/metrics` on 127.0.0.1:0 (see [`TestApp::metrics_addr`]).
@@ -217,6 +219,7 @@ impl Default for AppOptions {
                 backoff: Duration::from_millis(20),
             },
             lease: Duration::from_secs(30),
+            max_queued_exports: 100,
             tls: None,
             metrics: false,
         }
@@ -262,6 +265,7 @@ impl TestApp {
             batch_size: options.batch_size,
             retry: options.retry,
             tls: options.tls.as_ref().map(|tls| tls.server.clone()),
+            max_queued_exports: options.max_queued_exports,
         };
         let app = Application::build(settings)
             .await

@@ -11,6 +11,7 @@ mod harness;
 mod metrics;
 mod notifications;
 mod pki;
+mod quotas;
 mod tls;
 mod tokens;
 mod watch_download;

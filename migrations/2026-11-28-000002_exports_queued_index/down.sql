@@ -1,0 +1,1 @@
+DROP INDEX exports_workspace_queued;

@@ -18,6 +18,16 @@ fn is_completed() -> diesel::dsl::Eq<exports::status, &'static str> {
     exports::status.eq(ExportStatus::Completed.as_str())
 }
 
+/// What a progress write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressWrite {
+    Written,
+    /// The caller asked to cancel: the count was left as it was.
+    Cancelled,
+    /// Another worker holds the job now.
+    LeaseLost,
+}
+
 /// Writes to one export on behalf of the worker holding its lease.
 pub struct JobState<'a> {
     ctx: &'a PipelineContext,
@@ -41,6 +51,11 @@ impl<'a> JobState<'a> {
             export_id,
             worker,
         }
+    }
+
+    /// The worker whose lease guards the writes.
+    pub fn worker(&self) -> &str {
+        self.worker
     }
 
     async fn conn(&self) -> Result<crate::db::PooledConn, StepError> {
@@ -122,11 +137,13 @@ impl<'a> JobState<'a> {
         Ok(attempt.unwrap_or_default())
     }
 
-    /// Progress after a batch. Returns `Cancelled` if the caller asked to cancel.
+    /// Progress of the running stream attempt (see [`super::progress`], which calls this off
+    /// the stream's path), and whether the caller asked to cancel meanwhile. Once a cancel is
+    /// requested the count no longer moves: the export ends CANCELLED where it was.
     ///
     /// The counter is not worth a disk flush each: `synchronous_commit = off` for this one
     /// transaction (the file, not the counter, is the truth).
-    pub async fn progress(&self, processed: i64) -> Result<(), StepError> {
+    pub async fn write_progress(&self, processed: i64) -> Result<ProgressWrite, StepError> {
         let mut conn = self.conn().await?;
         let id = self.export_id;
         let worker = self.worker.to_owned();
@@ -138,8 +155,16 @@ impl<'a> JobState<'a> {
                     .filter(exports::id.eq(id))
                     .filter(exports::lease_owner.eq(worker))
                     .set((
-                        exports::processed_rows.eq(processed),
-                        exports::updated_at.eq(Utc::now()),
+                        exports::processed_rows.eq(case_when(
+                            exports::cancel_requested,
+                            exports::processed_rows,
+                        )
+                        .otherwise(processed)),
+                        exports::updated_at.eq(case_when(
+                            exports::cancel_requested,
+                            exports::updated_at,
+                        )
+                        .otherwise(Utc::now())),
                     ))
                     .returning(exports::cancel_requested)
                     .get_result::<bool>(c)
@@ -147,14 +172,14 @@ impl<'a> JobState<'a> {
                     .optional()
             })
             .await?;
-        match cancel {
-            None => Err(StepError::LeaseLost),
-            Some(true) => Err(StepError::Cancelled),
+        Ok(match cancel {
+            None => ProgressWrite::LeaseLost,
+            Some(true) => ProgressWrite::Cancelled,
             Some(false) => {
                 self.ctx.events.publish(id);
-                Ok(())
+                ProgressWrite::Written
             }
-        }
+        })
     }
 
     /// Whether the caller asked to cancel (checked between steps).

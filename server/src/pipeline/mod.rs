@@ -14,8 +14,10 @@
 //! again, but for metadata whose snapshot died with its worker), retries, status and progress
 //! ([`job_state`]), cancellation and the final status. Nothing here knows about gRPC.
 
+pub mod batches;
 pub mod csv;
 pub mod job_state;
+pub mod progress;
 pub mod runner;
 pub mod selection;
 pub mod snapshot;

@@ -210,7 +210,7 @@ async fn stream_with_retries(
         }
         state.start_attempt().await?;
         let input = StreamInput {
-            snapshot: snapshot.as_mut(),
+            snapshot: &mut snapshot,
             selection,
             metadata: &metadata,
             options,
@@ -240,8 +240,9 @@ async fn stream_with_retries(
         ctx.metrics.step_retried(step::STREAM_EXPORT);
         interrupts.sleep(backoff).await?;
         backoff *= 2;
-        if *kind == FailureKind::Read && snapshot.is_some() {
-            // The snapshot's transaction may have died with the error: read from a new one.
+        if !filter.matches_nothing() && (*kind == FailureKind::Read || snapshot.is_none()) {
+            // The snapshot's transaction may have died with the error (or the snapshot with
+            // the task that read it): read from a new one.
             let (fresh, recomputed) = fresh_metadata(ctx, state, memo, selection).await?;
             snapshot = Some(fresh);
             metadata = recomputed;

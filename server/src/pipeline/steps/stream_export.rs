@@ -7,8 +7,10 @@ use sha2::{Digest, Sha256};
 
 use super::resolve_export_metadata::ExportMetadata;
 use crate::pipeline::PipelineContext;
+use crate::pipeline::batches::Batches;
 use crate::pipeline::csv::{CsvEncoder, CsvOptions};
 use crate::pipeline::job_state::JobState;
+use crate::pipeline::progress::Progress;
 use crate::pipeline::runner::Interrupts;
 use crate::pipeline::selection::Selection;
 use crate::pipeline::snapshot::Snapshot;
@@ -30,8 +32,10 @@ pub struct StoredFile {
 
 /// What one attempt reads and where it writes.
 pub struct StreamInput<'a> {
-    /// `None` when the tag filter matched nobody: a header-only file.
-    pub snapshot: Option<&'a mut Snapshot>,
+    /// `None` when the tag filter matched nobody: a header-only file. The attempt lends the
+    /// snapshot to its fetching task and puts it back; it is left `None` if that task died
+    /// with it (a retry then needs a fresh one).
+    pub snapshot: &'a mut Option<Snapshot>,
     pub selection: &'a Selection,
     pub metadata: &'a ExportMetadata,
     pub options: CsvOptions,
@@ -101,25 +105,43 @@ async fn write_rows(
     writer.write(header).await.map_err(StepError::write)?;
     ctx.metrics.bytes_written(header_len);
 
-    if let Some(snapshot) = input.snapshot {
-        snapshot.open_cursor(input.selection).await?;
-        loop {
-            interrupts.check()?;
-            let batch = snapshot.fetch(ctx.batch_size).await?;
-            if batch.is_empty() {
-                break;
+    if let Some(snapshot) = input.snapshot.take() {
+        // The next batch is fetched while this one is encoded and uploaded, and progress is
+        // written beside the stream: between two batches nothing waits on a round trip.
+        let mut batches = Batches::start(snapshot, input.selection, ctx.batch_size);
+        let progress = Progress::spawn(ctx, state.export_id, state.worker());
+        let streamed = async {
+            loop {
+                interrupts.check()?;
+                progress.check()?;
+                let batch = batches.next().await?;
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let bytes = encoder.encode_batch(&batch);
+                let batch_rows = batch.len();
+                rows += batch_rows as i64;
+                drop(batch);
+                hasher.update(&bytes);
+                let batch_len = bytes.len();
+                size += batch_len as i64;
+                writer.write(bytes).await.map_err(StepError::write)?;
+                ctx.metrics.rows_exported(batch_rows);
+                ctx.metrics.bytes_written(batch_len);
+                progress.report(rows);
             }
-            let bytes = encoder.encode_batch(&batch);
-            let batch_rows = batch.len();
-            rows += batch_rows as i64;
-            drop(batch);
-            hasher.update(&bytes);
-            let batch_len = bytes.len();
-            size += batch_len as i64;
-            writer.write(bytes).await.map_err(StepError::write)?;
-            ctx.metrics.rows_exported(batch_rows);
-            ctx.metrics.bytes_written(batch_len);
-            state.progress(rows).await?;
+        }
+        .await;
+        // The snapshot goes back to the runner for a retry (or is gone, and the retry opens a
+        // fresh one).
+        *input.snapshot = batches.finish().await;
+        match streamed {
+            // The exact count is recorded before the caller moves on to COMPLETED.
+            Ok(()) => progress.finish(rows).await?,
+            Err(e) => {
+                progress.abandon().await;
+                return Err(e);
+            }
         }
     }
 

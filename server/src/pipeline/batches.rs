@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::csv::ContactRow;
+use super::custom_fields::CustomFields;
 use super::selection::Selection;
 use super::snapshot::Snapshot;
 
@@ -20,7 +21,7 @@ const AHEAD: usize = 1;
 
 /// The batches of one ordered scan.
 pub struct Batches {
-    rx: mpsc::Receiver<Result<Vec<ContactRow>, diesel::result::Error>>,
+    rx: mpsc::Receiver<Result<Vec<ContactRow<CustomFields>>, diesel::result::Error>>,
     task: JoinHandle<Snapshot>,
 }
 
@@ -55,7 +56,7 @@ impl Batches {
     }
 
     /// The next batch; an empty one at the end of the scan.
-    pub async fn next(&mut self) -> Result<Vec<ContactRow>, diesel::result::Error> {
+    pub async fn next(&mut self) -> Result<Vec<ContactRow<CustomFields>>, diesel::result::Error> {
         match self.rx.recv().await {
             Some(batch) => batch,
             // The task ended without a last batch: it panicked (`finish` reports it).

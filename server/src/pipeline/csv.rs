@@ -32,7 +32,11 @@
 //!   width keeps the column sortable as text.
 //! - Custom values: a JSON string is written raw, a number or bool as its JSON text (`1.5`,
 //!   `-5`, `true`), `null` as an empty cell, an object or array as compact JSON. When the row's
-//!   `custom_fields` is not a JSON object at all, every custom cell is empty.
+//!   `custom_fields` is not a JSON object at all, every custom cell is empty. Rows read from
+//!   the database hold [`CustomFields`], the JSON text PostgreSQL gives for the jsonb value:
+//!   numbers are written exactly as that text (`1.50` stays `1.50`; `1e400`, which jsonb
+//!   accepts, is its 401 digits; `-0.0` is `0.0`), the same text as `custom_fields->>'key'`,
+//!   and nested values keep jsonb's key order.
 //!
 //! # Quoting
 //!
@@ -92,6 +96,8 @@ use diesel::sql_types::{Bool, Jsonb, Nullable, Text, Timestamptz};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::custom_fields::{self, CustomFields, Kind, RawValue, Span};
+
 /// The fixed leading columns, in order.
 pub const FIXED_COLUMNS: [&str; 8] = [
     "email",
@@ -106,8 +112,12 @@ pub const FIXED_COLUMNS: [&str; 8] = [
 
 /// One contact as the export reads it from `contacts` (the columns of
 /// [`crate::pipeline::selection::CONTACT_COLUMNS`], by name).
+///
+/// `C` is how the row holds its custom fields: the stream reads [`CustomFields`] (the stored
+/// JSON text, numbers exactly as PostgreSQL gives them); a `serde_json::Value` is the
+/// convenient form for rows built in memory.
 #[derive(Debug, Clone, PartialEq, diesel::QueryableByName)]
-pub struct ContactRow {
+pub struct ContactRow<C = Value> {
     #[diesel(sql_type = Text)]
     pub email: String,
     #[diesel(sql_type = Nullable<Text>)]
@@ -126,7 +136,41 @@ pub struct ContactRow {
     pub created_at: DateTime<Utc>,
     /// The `custom_fields` jsonb object; anything but an object yields empty custom cells.
     #[diesel(sql_type = Jsonb)]
-    pub custom_fields: Value,
+    pub custom_fields: C,
+}
+
+/// How a [`ContactRow`] holds its custom fields.
+pub trait CustomValues {
+    /// The values of `keys` (sorted and unique), one slot per key.
+    fn custom_values<'a>(&'a self, keys: &[String], slots: &mut Slots) -> CustomCells<'a>;
+}
+
+/// Reused buffers for [`CustomValues::custom_values`].
+#[derive(Debug, Default)]
+pub struct Slots {
+    spans: Vec<Option<Span>>,
+    scratch: String,
+}
+
+/// Where a row's custom cells come from.
+pub enum CustomCells<'a> {
+    /// Stored JSON text; the values are the spans left in [`Slots`].
+    Text(&'a str),
+    /// A value built in memory, looked up per key.
+    Json(&'a Value),
+}
+
+impl CustomValues for Value {
+    fn custom_values<'a>(&'a self, _: &[String], _: &mut Slots) -> CustomCells<'a> {
+        CustomCells::Json(self)
+    }
+}
+
+impl CustomValues for CustomFields {
+    fn custom_values<'a>(&'a self, keys: &[String], slots: &mut Slots) -> CustomCells<'a> {
+        self.locate(keys, &mut slots.spans, &mut slots.scratch);
+        CustomCells::Text(self.text())
+    }
 }
 
 /// The UTF-8 byte order mark written at the start of the file when asked for.
@@ -342,6 +386,10 @@ pub struct CsvEncoder {
     out: BytesMut,
     /// Formatted cells (numbers, JSON, timestamps, neutralised text) are built here.
     scratch: Vec<u8>,
+    /// Where each custom value of the row being encoded is.
+    slots: Slots,
+    /// An escaped custom string value, unescaped.
+    text_scratch: String,
 }
 
 impl CsvEncoder {
@@ -364,6 +412,8 @@ impl CsvEncoder {
             builder,
             out: BytesMut::new(),
             scratch: Vec::new(),
+            slots: Slots::default(),
+            text_scratch: String::new(),
         }
     }
 
@@ -406,19 +456,26 @@ impl CsvEncoder {
     }
 
     /// The records of `rows`, each ending in the options' line ending; empty for no rows.
-    pub fn encode_batch<'a>(&mut self, rows: impl IntoIterator<Item = &'a ContactRow>) -> Bytes {
+    pub fn encode_batch<'a, C: CustomValues + 'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = &'a ContactRow<C>>,
+    ) -> Bytes {
         let Self {
             options,
             custom_keys,
             builder,
             out,
             scratch,
+            slots,
+            text_scratch,
             ..
         } = self;
         let mut wtr = builder.from_writer((&mut *out).writer());
         let mut cells = Cells {
             wtr: &mut wtr,
             scratch,
+            slots,
+            text_scratch,
             neutralize: options.neutralize_formulas,
         };
         let mut written = Ok(());
@@ -447,11 +504,17 @@ fn expect_in_memory(result: ::csv::Result<()>) {
 struct Cells<'w, 's, W: io::Write> {
     wtr: &'w mut ::csv::Writer<W>,
     scratch: &'s mut Vec<u8>,
+    slots: &'s mut Slots,
+    text_scratch: &'s mut String,
     neutralize: bool,
 }
 
 impl<W: io::Write> Cells<'_, '_, W> {
-    fn row(&mut self, custom_keys: &[String], row: &ContactRow) -> ::csv::Result<()> {
+    fn row<C: CustomValues>(
+        &mut self,
+        custom_keys: &[String],
+        row: &ContactRow<C>,
+    ) -> ::csv::Result<()> {
         self.text(&row.email)?;
         for field in [
             &row.first_name,
@@ -466,15 +529,22 @@ impl<W: io::Write> Cells<'_, '_, W> {
         self.scratch.clear();
         write_timestamp(self.scratch, &row.created_at)?;
         self.wtr.write_field(&self.scratch[..])?;
-        match row.custom_fields.as_object() {
-            Some(map) => {
-                for key in custom_keys {
-                    self.custom(map.get(key.as_str()))?;
+        match row.custom_fields.custom_values(custom_keys, self.slots) {
+            CustomCells::Text(text) => {
+                for i in 0..custom_keys.len() {
+                    match self.slots.spans[i] {
+                        Some(span) => self.raw(span.value(text))?,
+                        None => self.wtr.write_field("")?,
+                    }
                 }
             }
-            None => {
-                for _ in custom_keys {
-                    self.wtr.write_field("")?;
+            CustomCells::Json(value) => {
+                let object = value.as_object();
+                for key in custom_keys {
+                    match object.and_then(|o| o.get(key.as_str())) {
+                        Some(value) => self.json(value)?,
+                        None => self.wtr.write_field("")?,
+                    }
                 }
             }
         }
@@ -492,15 +562,41 @@ impl<W: io::Write> Cells<'_, '_, W> {
         }
     }
 
-    fn custom(&mut self, value: Option<&Value>) -> ::csv::Result<()> {
+    fn json(&mut self, value: &Value) -> ::csv::Result<()> {
         match value {
-            None | Some(Value::Null) => self.wtr.write_field(""),
-            Some(Value::String(s)) => self.text(s),
-            Some(Value::Bool(b)) => self.wtr.write_field(bool_text(*b)),
-            Some(Value::Number(n)) => self.formatted(|buf| write!(buf, "{n}")),
-            Some(nested @ (Value::Array(_) | Value::Object(_))) => {
+            Value::Null => self.wtr.write_field(""),
+            Value::String(s) => self.text(s),
+            Value::Bool(b) => self.wtr.write_field(bool_text(*b)),
+            Value::Number(n) => self.formatted(|buf| write!(buf, "{n}")),
+            nested @ (Value::Array(_) | Value::Object(_)) => {
                 self.formatted(|buf| serde_json::to_writer(buf, nested).map_err(io::Error::from))
             }
+        }
+    }
+
+    /// A value as stored: strings unescaped, numbers and nested values as their JSON text
+    /// (numbers exactly as PostgreSQL gives them, never re-formatted).
+    fn raw(&mut self, value: RawValue<'_>) -> ::csv::Result<()> {
+        match value.kind {
+            Kind::Null => self.wtr.write_field(""),
+            Kind::String if !value.escaped => self.text(value.text),
+            Kind::String => {
+                let mut unescaped = std::mem::take(self.text_scratch);
+                unescaped.clear();
+                custom_fields::unescape_into(value.text, &mut unescaped);
+                let written = self.text(&unescaped);
+                *self.text_scratch = unescaped;
+                written
+            }
+            Kind::True | Kind::False => self.wtr.write_field(value.text),
+            Kind::Number => self.formatted(|buf| {
+                buf.extend_from_slice(value.text.as_bytes());
+                Ok(())
+            }),
+            Kind::Object | Kind::Array => self.formatted(|buf| {
+                custom_fields::write_compact(value.text, buf);
+                Ok(())
+            }),
         }
     }
 
@@ -620,7 +716,7 @@ mod tests {
             format!("{FIXED_HEADER}\n").as_bytes()
         );
         assert_eq!(headers(&[]), FIXED_COLUMNS.to_vec());
-        assert!(enc.encode_batch([]).is_empty());
+        assert!(enc.encode_batch::<Value>([]).is_empty());
     }
 
     #[test]

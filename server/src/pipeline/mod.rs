@@ -16,6 +16,7 @@
 
 pub mod batches;
 pub mod csv;
+pub mod custom_fields;
 pub mod job_state;
 pub mod progress;
 pub mod runner;

@@ -11,6 +11,7 @@ use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
 use super::csv::ContactRow;
+use super::custom_fields::CustomFields;
 use super::selection::Selection;
 use crate::db::{self, DbError};
 
@@ -126,7 +127,10 @@ impl Snapshot {
     }
 
     /// The next batch of the scan; empty at the end.
-    pub async fn fetch(&mut self, batch: usize) -> Result<Vec<ContactRow>, diesel::result::Error> {
+    pub async fn fetch(
+        &mut self,
+        batch: usize,
+    ) -> Result<Vec<ContactRow<CustomFields>>, diesel::result::Error> {
         diesel::sql_query(format!("FETCH {batch} FROM {CURSOR}"))
             .load(&mut self.conn)
             .await

@@ -414,3 +414,52 @@ async fn csv_options_are_checked_and_echoed() {
     let found = listed.iter().find(|e| e.id == created.id).unwrap();
     assert_eq!(found.csv_options, pipe.csv_options);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_numbers_are_written_as_postgresql_stores_them() {
+    use diesel::sql_types::{BigInt, Text};
+    use diesel_async::RunQueryDsl;
+
+    #[derive(diesel::QueryableByName)]
+    struct Cell {
+        #[diesel(sql_type = Text)]
+        text: String,
+    }
+
+    let app = TestApp::spawn().await;
+    let ids = app.ws.insert(&app.db, &[Contact::numbered(1)]).await;
+    // Numbers serde_json would re-format (1.50) or refuse (1e400, beyond f64), written as
+    // JSON text by PostgreSQL itself; jsonb keeps them as numerics.
+    let mut conn = app.db.conn().await;
+    diesel::sql_query(
+        r#"UPDATE contacts SET custom_fields = '{"n": 1.50, "big": 1e400, "neg": -0.0, "s": "a\"b\u00e9", "nested": {"x": 1.50, "y": [1e2]}}'::jsonb WHERE id = $1"#,
+    )
+    .bind::<BigInt, _>(ids[0])
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let done = run_export(&app.ws.client, all_contacts()).await;
+    assert_eq!(done.status(), ExportStatus::Completed, "{done:?}");
+    let file = download_all(&app.ws.client, &done.id).await;
+    let mut lines = file.lines();
+    assert!(lines.next().unwrap().ends_with(",big,n,neg,nested,s"));
+    let row = lines.next().unwrap();
+    let big = format!("1{}", "0".repeat(400));
+    assert!(
+        row.ends_with(&format!(
+            ",{big},1.50,0.0,\"{{\"\"x\"\":1.50,\"\"y\"\":[100]}}\",\"a\"\"bé\""
+        )),
+        "{row}"
+    );
+    // Each scalar is exactly the text `custom_fields->>'key'` gives (what `\copy` writes).
+    for (key, written) in [("n", "1.50"), ("big", big.as_str()), ("neg", "0.0")] {
+        let Cell { text } = diesel::sql_query("SELECT custom_fields->>$1 AS text FROM contacts WHERE id = $2")
+            .bind::<Text, _>(key)
+            .bind::<BigInt, _>(ids[0])
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(text, written, "{key}");
+    }
+}

@@ -21,10 +21,12 @@ pub const CONTACT_COLUMNS: &str = "c.email, c.first_name, c.last_name, c.phone, 
 impl Selection {
     /// `FROM contacts c WHERE …` for this selection.
     pub fn from_where(&self) -> String {
-        let mut sql = format!(
-            "FROM contacts c WHERE c.workspace_id = '{}'",
-            self.workspace_id
-        );
+        format!("FROM contacts c WHERE {}", self.conditions())
+    }
+
+    /// The conditions on `contacts c` that select this selection's rows.
+    fn conditions(&self) -> String {
+        let mut sql = format!("c.workspace_id = '{}'", self.workspace_id);
         if !self.tag_ids.is_empty() {
             let tags: Vec<String> = self.tag_ids.iter().map(Uuid::to_string).collect();
             // EXISTS keeps one row per contact however many of the tags it carries, and probes
@@ -51,13 +53,25 @@ impl Selection {
         format!("SELECT count(*) AS n {}", self.from_where())
     }
 
+    /// Whether any row is selected at all (stops at the first).
+    pub fn exists_query(&self) -> String {
+        format!("SELECT EXISTS (SELECT 1 {}) AS found", self.from_where())
+    }
+
     /// The distinct custom-field keys (order is the caller's to impose: code points, not the
     /// database's collation).
+    ///
+    /// Not `WHERE jsonb_typeof(c.custom_fields) = 'object'`: PostgreSQL estimates that
+    /// condition at 0.5% of the rows, and on that estimate sorts the keys of a million rows on
+    /// disk and probes the tag index once per contact (1.1 s and 1.6 s on the benchmark's
+    /// data). The `CASE` leaves the row estimate alone, so the rows are found by the same plan
+    /// as the count's, and `GROUP BY` lets each parallel worker aggregate its own keys.
     pub fn keys_query(&self) -> String {
         format!(
-            "SELECT DISTINCT jsonb_object_keys(c.custom_fields) AS key {} \
-             AND jsonb_typeof(c.custom_fields) = 'object'",
-            self.from_where()
+            "SELECT k.key FROM contacts c CROSS JOIN LATERAL jsonb_object_keys(CASE WHEN \
+             jsonb_typeof(c.custom_fields) = 'object' THEN c.custom_fields ELSE '{{}}'::jsonb \
+             END) AS k(key) WHERE {} GROUP BY k.key",
+            self.conditions()
         )
     }
 }

@@ -454,12 +454,13 @@ async fn custom_numbers_are_written_as_postgresql_stores_them() {
     );
     // Each scalar is exactly the text `custom_fields->>'key'` gives (what `\copy` writes).
     for (key, written) in [("n", "1.50"), ("big", big.as_str()), ("neg", "0.0")] {
-        let Cell { text } = diesel::sql_query("SELECT custom_fields->>$1 AS text FROM contacts WHERE id = $2")
-            .bind::<Text, _>(key)
-            .bind::<BigInt, _>(ids[0])
-            .get_result(&mut conn)
-            .await
-            .unwrap();
+        let Cell { text } =
+            diesel::sql_query("SELECT custom_fields->>$1 AS text FROM contacts WHERE id = $2")
+                .bind::<Text, _>(key)
+                .bind::<BigInt, _>(ids[0])
+                .get_result(&mut conn)
+                .await
+                .unwrap();
         assert_eq!(text, written, "{key}");
     }
 }

@@ -140,11 +140,17 @@ fn has_pem_block(bytes: &[u8], label: &str) -> bool {
     })
 }
 
+/// How long a TLS handshake may take before the connection is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl TlsSettings {
     /// tonic's server TLS configuration.
     pub fn server_config(&self) -> ServerTlsConfig {
-        let config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        // A client that connects and never finishes its handshake would otherwise hold a
+        // connection (and its socket and task) open forever; a handful could exhaust them.
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
         match &self.client_ca_pem {
             Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
             None => config,

@@ -1,16 +1,17 @@
 //! Storage that breaks on purpose: an OpenDAL layer of our own over the real `memory` service
-//! that makes writers fail or wait, and counts how each upload ended.
+//! that makes writers fail or wait, counts how each upload ended, and counts what readers read.
 //!
 //! opendal's `ChaosLayer` only injects read errors and its `RetryLayer` does not retry writes,
-//! so write faults need this. Everything but the writer is passed through untouched.
+//! so write faults need this. Readers pass through, counted; everything else is untouched.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use opendal::raw::oio;
 use opendal::raw::{
     Layer, OpCompose, OpCopy, OpCreateDir, OpList, OpPresign, OpRead, OpRename, OpRestore, OpStat,
-    OpWrite, RpCreateDir, RpPresign, RpRename, RpRestore, RpStat, Service, ServiceInfo, Servicer,
+    OpWrite, RpCreateDir, RpPresign, RpRead, RpRename, RpRestore, RpStat, Service, ServiceInfo,
+    Servicer,
 };
 use opendal::{
     Buffer, BytesRange, Capability, Error, ErrorKind, Metadata, OperationContext, Operator, Result,
@@ -33,6 +34,11 @@ pub struct WriteFaults {
     refused: AtomicUsize,
     aborted: AtomicUsize,
     closed: AtomicUsize,
+    /// Bytes handed out by readers so far.
+    bytes_read: AtomicU64,
+    /// Readers opened so far, and readers dropped so far.
+    readers_opened: AtomicUsize,
+    readers_dropped: watch::Sender<usize>,
 }
 
 impl WriteFaults {
@@ -45,6 +51,9 @@ impl WriteFaults {
             refused: AtomicUsize::new(0),
             aborted: AtomicUsize::new(0),
             closed: AtomicUsize::new(0),
+            bytes_read: AtomicU64::new(0),
+            readers_opened: AtomicUsize::new(0),
+            readers_dropped: watch::Sender::new(0),
         })
     }
 
@@ -103,6 +112,25 @@ impl WriteFaults {
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// No faults: every call passes, reads are counted.
+    pub fn none() -> Arc<WriteFaults> {
+        WriteFaults::new(0, None, true)
+    }
+
+    /// Bytes the service's readers have returned so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once every reader opened so far has been dropped, and at least `n` were.
+    pub async fn readers_dropped(&self, n: usize) {
+        let mut dropped = self.readers_dropped.subscribe();
+        dropped
+            .wait_for(|&d| d >= n && d == self.readers_opened.load(Ordering::SeqCst))
+            .await
+            .expect("the sender lives in self");
+    }
+
     /// Refuses this call if faults remain.
     fn inject(&self, call: &str) -> Result<()> {
         let refuse = self
@@ -152,9 +180,9 @@ struct FaultService {
     faults: Arc<WriteFaults>,
 }
 
-/// Forwards everything; only `capability` and `write` differ.
+/// Forwards everything; only `capability`, `read` and `write` differ.
 impl Service for FaultService {
-    type Reader = oio::Reader;
+    type Reader = CountingReader;
     type Writer = FaultWriter;
     type Lister = oio::Lister;
     type Deleter = oio::Deleter;
@@ -187,7 +215,12 @@ impl Service for FaultService {
     }
 
     fn read(&self, ctx: &OperationContext, path: &str, args: OpRead) -> Result<Self::Reader> {
-        self.inner.read(ctx, path, args)
+        let inner = self.inner.read(ctx, path, args)?;
+        self.faults.readers_opened.fetch_add(1, Ordering::SeqCst);
+        Ok(CountingReader {
+            inner,
+            faults: self.faults.clone(),
+        })
     }
 
     fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
@@ -277,5 +310,51 @@ impl oio::Write for FaultWriter {
         self.inner.abort().await?;
         self.faults.aborted.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+/// A reader that counts the bytes it returns, and its own drop.
+struct CountingReader {
+    inner: oio::Reader,
+    faults: Arc<WriteFaults>,
+}
+
+impl Drop for CountingReader {
+    fn drop(&mut self) {
+        self.faults.readers_dropped.send_modify(|n| *n += 1);
+    }
+}
+
+impl oio::Read for CountingReader {
+    async fn open(&self, range: BytesRange) -> Result<(RpRead, Box<dyn oio::ReadStreamDyn>)> {
+        let (rp, inner) = self.inner.open(range).await?;
+        let stream = CountingStream {
+            inner,
+            faults: self.faults.clone(),
+        };
+        Ok((rp, Box::new(stream)))
+    }
+
+    async fn read(&self, range: BytesRange) -> Result<(RpRead, Buffer)> {
+        let (rp, buffer) = self.inner.read(range).await?;
+        self.faults
+            .bytes_read
+            .fetch_add(buffer.len() as u64, Ordering::SeqCst);
+        Ok((rp, buffer))
+    }
+}
+
+struct CountingStream {
+    inner: Box<dyn oio::ReadStreamDyn>,
+    faults: Arc<WriteFaults>,
+}
+
+impl oio::ReadStream for CountingStream {
+    async fn read(&mut self) -> Result<Buffer> {
+        let buffer = self.inner.read().await?;
+        self.faults
+            .bytes_read
+            .fetch_add(buffer.len() as u64, Ordering::SeqCst);
+        Ok(buffer)
     }
 }

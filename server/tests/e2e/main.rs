@@ -8,6 +8,7 @@ mod failing_storage;
 mod faults;
 mod fixture;
 mod harness;
+mod limits;
 mod metrics;
 mod notifications;
 mod pki;

@@ -50,6 +50,12 @@ impl Span {
     }
 }
 
+/// Deepest nesting of a custom-field value the scanner follows. It recurses per level, so the
+/// bound keeps a hostile row far from the end of a worker's 2 MiB stack (a debug build
+/// overflowed below 10,000 levels); a deeper row fails its export with a read error instead
+/// of aborting the process.
+const MAX_DEPTH: u32 = 1_000;
+
 /// The custom fields of one row: the JSON text as PostgreSQL gives it, or nothing at all when
 /// it has no member (an empty object, or not an object).
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -350,7 +356,7 @@ impl<'a> Scanner<'a> {
 
     /// A value; returns its kind, its span (a string's body) and whether a string is escaped.
     fn value(&mut self, depth: u32) -> Result<(Kind, (u32, u32), bool), MalformedJson> {
-        if depth > 10_000 {
+        if depth > MAX_DEPTH {
             return self.fail("nested too deeply");
         }
         let start = self.i;
@@ -583,5 +589,32 @@ mod tests {
         let f = CustomFields::from(serde_json::json!({"a": 1.5, "b": "x"}));
         assert_eq!(get(&f, "a"), Some((Kind::Number, "1.5".into())));
         assert_eq!(get(&f, "b"), Some((Kind::String, "x".into())));
+    }
+}
+
+#[cfg(test)]
+mod nesting_limit {
+    use super::{CustomFields, MAX_DEPTH};
+
+    fn nested(depth: usize) -> String {
+        format!("{{\"k\": {}{}}}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    /// Runs on a 2 MiB stack, the size of a tokio worker's: the limit must be reached long
+    /// before the stack runs out, or a hostile row would abort the whole process.
+    fn parse_on_worker_sized_stack(text: String) -> bool {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || CustomFields::parse(&text).is_ok())
+            .unwrap()
+            .join()
+            .expect("no stack overflow")
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_the_stack_runs_out() {
+        assert!(parse_on_worker_sized_stack(nested(MAX_DEPTH as usize - 1)));
+        assert!(!parse_on_worker_sized_stack(nested(MAX_DEPTH as usize + 2)));
+        assert!(!parse_on_worker_sized_stack(nested(100_000)));
     }
 }

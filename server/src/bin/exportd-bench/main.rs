@@ -175,6 +175,9 @@ struct RunResult {
     rss_large: u64,
     rss_small: u64,
     small: ExportRun,
+    /// CPU time `exportd` used during the full and the tag-filtered export.
+    full_cpu: Duration,
+    tagged_cpu: Duration,
 }
 
 impl Bench<'_> {
@@ -233,9 +236,11 @@ impl Bench<'_> {
         let client = service.client().clone();
         let outcome = async {
             eprint!("run {run}/{runs}: full export… ");
+            let cpu_before = service.cpu_time()?;
             let full =
                 measure::export(&client, &self.database_url, data.demo.workspace_id, &[]).await?;
             let rss_large = service.peak_rss()?;
+            let full_cpu = service.cpu_time()? - cpu_before;
             eprintln!("{:.2} s", full.wall.as_secs_f64());
 
             eprint!("run {run}/{runs}: psql \\copy, full… ");
@@ -250,6 +255,7 @@ impl Bench<'_> {
             measure::same_rows("full", &full, &full_copy)?;
 
             eprint!("run {run}/{runs}: tag-filtered export… ");
+            let cpu_before = service.cpu_time()?;
             let tagged = measure::export(
                 &client,
                 &self.database_url,
@@ -257,6 +263,7 @@ impl Bench<'_> {
                 &data.tag_filter,
             )
             .await?;
+            let tagged_cpu = service.cpu_time()? - cpu_before;
             eprintln!("{:.2} s", tagged.wall.as_secs_f64());
 
             eprint!("run {run}/{runs}: psql \\copy, tag-filtered… ");
@@ -290,11 +297,23 @@ impl Bench<'_> {
                 download,
                 disk_copy,
                 rss_large,
+                full_cpu,
+                tagged_cpu,
             ))
         }
         .await;
         let stopped = service.stop().await;
-        let (full, full_copy, tagged, tagged_copy, download, disk_copy, rss_large) = outcome?;
+        let (
+            full,
+            full_copy,
+            tagged,
+            tagged_copy,
+            download,
+            disk_copy,
+            rss_large,
+            full_cpu,
+            tagged_cpu,
+        ) = outcome?;
         stopped?;
 
         eprint!(
@@ -328,6 +347,8 @@ impl Bench<'_> {
             rss_large,
             rss_small,
             small,
+            full_cpu,
+            tagged_cpu,
         })
     }
 
@@ -396,6 +417,11 @@ fn results_table(data: &Dataset, runs: &[RunResult]) -> Table {
             per_run(&|r| r.full.step(step)),
         );
     }
+    t.row(
+        "  CPU time of exportd",
+        Fmt::Seconds,
+        per_run(&|r| secs(r.full_cpu)),
+    );
     t.section("psql \\copy, full (same rows and columns)");
     t.row(
         "wall time",
@@ -433,6 +459,11 @@ fn results_table(data: &Dataset, runs: &[RunResult]) -> Table {
             per_run(&|r| r.tagged.step(step)),
         );
     }
+    t.row(
+        "  CPU time of exportd",
+        Fmt::Seconds,
+        per_run(&|r| secs(r.tagged_cpu)),
+    );
     t.section("psql \\copy, tag-filtered (EXISTS on contact_tags)");
     t.row(
         "wall time",

@@ -137,6 +137,28 @@ impl Exportd {
         Ok(kib * 1024)
     }
 
+    /// CPU time (user + system) the process has used so far, all its threads together.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let path = format!("/proc/{}/stat", self.pid);
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        // The command name (field 2) may hold spaces: count fields after its closing paren.
+        // utime and stime are fields 14 and 15, so the 12th and 13th after it.
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                n.parse::<u64>()
+                    .with_context(|| format!("bad field in {path}"))
+            })
+            .sum::<anyhow::Result<u64>>()?;
+        // SAFETY: sysconf only reads a configuration value.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        anyhow::ensure!(per_second > 0, "sysconf(_SC_CLK_TCK) failed");
+        Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    }
+
     /// SIGTERM, as an operator stops it; SIGKILL if it does not exit in time.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         // SAFETY: plain syscall on the pid of our own child, which is not reaped yet.

@@ -22,6 +22,9 @@ pub enum DbError {
     Query(#[from] diesel::result::Error),
     #[error("cannot connect to the database: {0}")]
     Connect(#[from] diesel::ConnectionError),
+    /// From a connection of our own outside diesel (the snapshot's).
+    #[error("database error: {0}")]
+    Postgres(#[source] tokio_postgres::Error),
     #[error("no database connection available: {0}")]
     Pool(String),
     #[error("migrations failed: {0}")]

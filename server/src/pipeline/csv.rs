@@ -88,15 +88,14 @@
 //! programs rather than spreadsheets.
 
 use std::collections::HashSet;
-use std::io::{self, Write as _};
+use std::io::Write as _;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
-use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
-use diesel::sql_types::{Bool, Jsonb, Nullable, Text, Timestamptz};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::custom_fields::{self, CustomFields, Kind, RawValue, Span};
+use super::custom_fields::{self, Kind, MalformedJson, RawValue, Span};
 
 /// The fixed leading columns, in order.
 pub const FIXED_COLUMNS: [&str; 8] = [
@@ -110,66 +109,76 @@ pub const FIXED_COLUMNS: [&str; 8] = [
     "created_at",
 ];
 
-/// One contact as the export reads it from `contacts` (the columns of
-/// [`crate::pipeline::selection::CONTACT_COLUMNS`], by name).
-///
-/// `C` is how the row holds its custom fields: the stream reads [`CustomFields`] (the stored
-/// JSON text, numbers exactly as PostgreSQL gives them); a `serde_json::Value` is the
-/// convenient form for rows built in memory.
-#[derive(Debug, Clone, PartialEq, diesel::QueryableByName)]
-pub struct ContactRow<C = Value> {
-    #[diesel(sql_type = Text)]
+/// One contact built in memory (tests, fixtures); [`ContactRow::as_ref`] is what the encoder
+/// reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactRow {
     pub email: String,
-    #[diesel(sql_type = Nullable<Text>)]
     pub first_name: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
     pub last_name: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
     pub phone: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
     pub company: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
     pub notes: Option<String>,
-    #[diesel(sql_type = Bool)]
     pub is_unsubscribed: bool,
-    #[diesel(sql_type = Timestamptz)]
     pub created_at: DateTime<Utc>,
-    /// The `custom_fields` jsonb object; anything but an object yields empty custom cells.
-    #[diesel(sql_type = Jsonb)]
-    pub custom_fields: C,
+    /// The `custom_fields` object; anything but an object yields empty custom cells.
+    pub custom_fields: Value,
 }
 
-/// How a [`ContactRow`] holds its custom fields.
-pub trait CustomValues {
-    /// The values of `keys` (sorted and unique), one slot per key.
-    fn custom_values<'a>(&'a self, keys: &[String], slots: &mut Slots) -> CustomCells<'a>;
+impl ContactRow {
+    /// The row as the encoder reads it. Sub-microsecond digits of `created_at` are cut, as
+    /// PostgreSQL never has them.
+    pub fn as_ref(&self) -> ContactRef<'_> {
+        ContactRef {
+            email: &self.email,
+            first_name: self.first_name.as_deref(),
+            last_name: self.last_name.as_deref(),
+            phone: self.phone.as_deref(),
+            company: self.company.as_deref(),
+            notes: self.notes.as_deref(),
+            is_unsubscribed: self.is_unsubscribed,
+            created_at: PgTimestamp::from(self.created_at),
+            custom_fields: CustomRef::Json(&self.custom_fields),
+        }
+    }
 }
 
-/// Reused buffers for [`CustomValues::custom_values`].
-#[derive(Debug, Default)]
-pub struct Slots {
-    spans: Vec<Option<Span>>,
-    scratch: String,
+/// One contact as the encoder reads it, borrowed from wherever it lives (the bytes PostgreSQL
+/// sent, see [`super::copy_rows`], or a [`ContactRow`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ContactRef<'a> {
+    pub email: &'a str,
+    pub first_name: Option<&'a str>,
+    pub last_name: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub company: Option<&'a str>,
+    pub notes: Option<&'a str>,
+    pub is_unsubscribed: bool,
+    pub created_at: PgTimestamp,
+    pub custom_fields: CustomRef<'a>,
 }
 
-/// Where a row's custom cells come from.
-pub enum CustomCells<'a> {
-    /// Stored JSON text; the values are the spans left in [`Slots`].
+/// Where a row's custom fields come from.
+#[derive(Debug, Clone, Copy)]
+pub enum CustomRef<'a> {
+    /// PostgreSQL's text of the jsonb value (empty for none), read in one pass: numbers are
+    /// written exactly as this text has them.
     Text(&'a str),
     /// A value built in memory, looked up per key.
     Json(&'a Value),
 }
 
-impl CustomValues for Value {
-    fn custom_values<'a>(&'a self, _: &[String], _: &mut Slots) -> CustomCells<'a> {
-        CustomCells::Json(self)
-    }
-}
+/// A `timestamptz` as PostgreSQL holds it: microseconds since 2000-01-01 00:00:00 UTC, with
+/// `i64::MAX` and `i64::MIN` for `infinity` and `-infinity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgTimestamp(pub i64);
 
-impl CustomValues for CustomFields {
-    fn custom_values<'a>(&'a self, keys: &[String], slots: &mut Slots) -> CustomCells<'a> {
-        self.locate(keys, &mut slots.spans, &mut slots.scratch);
-        CustomCells::Text(self.text())
+/// 2000-01-01 in microseconds since the Unix epoch.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+impl From<DateTime<Utc>> for PgTimestamp {
+    fn from(t: DateTime<Utc>) -> Self {
+        PgTimestamp(t.timestamp_micros() - PG_EPOCH_UNIX_MICROS)
     }
 }
 
@@ -231,13 +240,6 @@ impl LineEnding {
         match self {
             LineEnding::Lf => b"\n",
             LineEnding::Crlf => b"\r\n",
-        }
-    }
-
-    fn terminator(self) -> ::csv::Terminator {
-        match self {
-            LineEnding::Lf => ::csv::Terminator::Any(b'\n'),
-            LineEnding::Crlf => ::csv::Terminator::CRLF,
         }
     }
 }
@@ -372,23 +374,24 @@ fn is_plain_number(s: &[u8]) -> bool {
     i == s.len()
 }
 
-/// Encodes the header and batches of [`ContactRow`]s into CSV chunks.
+/// Encodes the header and rows into CSV chunks.
 ///
-/// The output buffer and a scratch buffer for formatted cells are reused across batches, so
-/// encoding allocates per batch, not per row or cell. Chunks concatenate to the file:
-/// `encode_header()` once, then `encode_batch` for each batch in order.
+/// Fields are written straight into one output buffer, reused across batches, so encoding
+/// allocates per batch, not per row or cell. Chunks concatenate to the file:
+/// `encode_header()` once, then rows ([`CsvEncoder::encode_row`] or
+/// [`CsvEncoder::encode_batch`]) with [`CsvEncoder::take_chunk`] after each batch.
 #[derive(Debug)]
 pub struct CsvEncoder {
     options: CsvOptions,
     custom_keys: Vec<String>,
     headers: Vec<String>,
-    builder: ::csv::WriterBuilder,
+    fields: FieldWriter,
     out: BytesMut,
-    /// Formatted cells (numbers, JSON, timestamps, neutralised text) are built here.
+    /// Formatted cells (numbers, JSON) are built here.
     scratch: Vec<u8>,
     /// Where each custom value of the row being encoded is.
-    slots: Slots,
-    /// An escaped custom string value, unescaped.
+    spans: Vec<Option<Span>>,
+    /// An escaped custom string value (or key), unescaped.
     text_scratch: String,
 }
 
@@ -398,21 +401,14 @@ impl CsvEncoder {
     pub fn new(mut custom_keys: Vec<String>, options: CsvOptions) -> Self {
         sort_keys(&mut custom_keys);
         let headers = build_headers(&custom_keys, options.neutralize_formulas);
-        let mut builder = ::csv::WriterBuilder::new();
-        builder
-            .delimiter(options.delimiter.byte())
-            .quote(b'"')
-            .double_quote(true)
-            .quote_style(::csv::QuoteStyle::Necessary)
-            .terminator(options.line_ending.terminator());
         CsvEncoder {
             options,
             custom_keys,
             headers,
-            builder,
+            fields: FieldWriter::new(options),
             out: BytesMut::new(),
             scratch: Vec::new(),
-            slots: Slots::default(),
+            spans: Vec::new(),
             text_scratch: String::new(),
         }
     }
@@ -436,182 +432,210 @@ impl CsvEncoder {
     /// The start of the file: the byte order mark when the options ask for it, then the header
     /// record.
     pub fn encode_header(&mut self) -> Bytes {
-        let Self {
-            options,
-            headers,
-            builder,
-            out,
-            ..
-        } = self;
-        if options.include_bom {
-            out.put_slice(UTF8_BOM);
+        if self.options.include_bom {
+            self.out.put_slice(UTF8_BOM);
         }
-        let mut wtr = builder.from_writer((&mut *out).writer());
-        let written = wtr
-            .write_record(headers.iter())
-            .and_then(|()| wtr.flush().map_err(::csv::Error::from));
-        drop(wtr);
-        expect_in_memory(written);
-        out.split().freeze()
+        for (i, header) in self.headers.iter().enumerate() {
+            if i > 0 {
+                self.out.put_u8(self.fields.delimiter);
+            }
+            // Header names are already neutralised where the options ask for it.
+            self.fields.put(&mut self.out, header.as_bytes());
+        }
+        self.out.put_slice(self.fields.terminator);
+        self.out.split().freeze()
     }
 
     /// The records of `rows`, each ending in the options' line ending; empty for no rows.
-    pub fn encode_batch<'a, C: CustomValues + 'a>(
-        &mut self,
-        rows: impl IntoIterator<Item = &'a ContactRow<C>>,
-    ) -> Bytes {
+    pub fn encode_batch<'a>(&mut self, rows: impl IntoIterator<Item = &'a ContactRow>) -> Bytes {
+        for row in rows {
+            self.encode_row(&row.as_ref())
+                .expect("a value built in memory needs no parsing");
+        }
+        self.take_chunk()
+    }
+
+    /// Appends the record of one row to the current chunk. Fails only when the row's custom
+    /// fields are text that is not JSON (or nests deeper than the scanner follows); the chunk
+    /// then holds part of the record and must be dropped with the rest of the file.
+    pub fn encode_row(&mut self, row: &ContactRef<'_>) -> Result<(), MalformedJson> {
         let Self {
             options,
             custom_keys,
-            builder,
+            fields,
             out,
             scratch,
-            slots,
+            spans,
             text_scratch,
             ..
         } = self;
-        let mut wtr = builder.from_writer((&mut *out).writer());
         let mut cells = Cells {
-            wtr: &mut wtr,
+            out,
+            fields: &*fields,
             scratch,
-            slots,
             text_scratch,
             neutralize: options.neutralize_formulas,
         };
-        let mut written = Ok(());
-        for row in rows {
-            written = cells.row(custom_keys, row);
-            if written.is_err() {
-                break;
+        cells.text(row.email);
+        for field in [
+            row.first_name,
+            row.last_name,
+            row.phone,
+            row.company,
+            row.notes,
+        ] {
+            cells.next();
+            cells.text(field.unwrap_or(""));
+        }
+        cells.next();
+        cells
+            .out
+            .put_slice(bool_text(row.is_unsubscribed).as_bytes());
+        cells.next();
+        write_timestamp(cells.out, row.created_at);
+        match row.custom_fields {
+            CustomRef::Text(text) => {
+                custom_fields::locate(text, custom_keys, spans, cells.text_scratch)?;
+                for span in spans.iter() {
+                    cells.next();
+                    if let Some(span) = span {
+                        cells.raw(span.value(text));
+                    }
+                }
+            }
+            CustomRef::Json(value) => {
+                let object = value.as_object();
+                for key in custom_keys.iter() {
+                    cells.next();
+                    if let Some(value) = object.and_then(|o| o.get(key.as_str())) {
+                        cells.json(value);
+                    }
+                }
             }
         }
-        let written = written.and_then(|()| wtr.flush().map_err(::csv::Error::from));
-        drop(wtr);
-        expect_in_memory(written);
-        out.split().freeze()
+        cells.out.put_slice(fields.terminator);
+        Ok(())
+    }
+
+    /// The records encoded since the last chunk was taken.
+    pub fn take_chunk(&mut self) -> Bytes {
+        self.out.split().freeze()
     }
 }
 
-/// Writing into a `BytesMut` cannot fail, and every record has the same number of fields by
-/// construction, so an error here is a bug in this module, not a condition to handle.
-fn expect_in_memory(result: ::csv::Result<()>) {
-    if let Err(err) = result {
-        panic!("CSV encoding into memory failed: {err}");
+/// Writes single fields: quoted (RFC 4180) only when they hold the delimiter, `"`, CR or LF.
+#[derive(Debug)]
+struct FieldWriter {
+    delimiter: u8,
+    terminator: &'static [u8],
+    /// The bytes that make a field need quotes.
+    special: [bool; 256],
+}
+
+impl FieldWriter {
+    fn new(options: CsvOptions) -> Self {
+        let delimiter = options.delimiter.byte();
+        let mut special = [false; 256];
+        for b in [delimiter, b'"', b'\r', b'\n'] {
+            special[usize::from(b)] = true;
+        }
+        FieldWriter {
+            delimiter,
+            terminator: options.line_ending.as_bytes(),
+            special,
+        }
+    }
+
+    fn put(&self, out: &mut BytesMut, field: &[u8]) {
+        if !field.iter().any(|&b| self.special[usize::from(b)]) {
+            out.put_slice(field);
+            return;
+        }
+        out.reserve(field.len() + 2);
+        out.put_u8(b'"');
+        // Each quote inside is doubled: write up to and including it, then one more.
+        for piece in field.split_inclusive(|&b| b == b'"') {
+            out.put_slice(piece);
+            if piece.last() == Some(&b'"') {
+                out.put_u8(b'"');
+            }
+        }
+        out.put_u8(b'"');
     }
 }
 
-/// Writes the cells of one record, formatting through the shared scratch buffer.
-struct Cells<'w, 's, W: io::Write> {
-    wtr: &'w mut ::csv::Writer<W>,
-    scratch: &'s mut Vec<u8>,
-    slots: &'s mut Slots,
-    text_scratch: &'s mut String,
+/// Writes the cells of one record into the output, formatting through the shared scratch
+/// buffers.
+struct Cells<'a> {
+    out: &'a mut BytesMut,
+    fields: &'a FieldWriter,
+    scratch: &'a mut Vec<u8>,
+    text_scratch: &'a mut String,
     neutralize: bool,
 }
 
-impl<W: io::Write> Cells<'_, '_, W> {
-    fn row<C: CustomValues>(
-        &mut self,
-        custom_keys: &[String],
-        row: &ContactRow<C>,
-    ) -> ::csv::Result<()> {
-        self.text(&row.email)?;
-        for field in [
-            &row.first_name,
-            &row.last_name,
-            &row.phone,
-            &row.company,
-            &row.notes,
-        ] {
-            self.text(field.as_deref().unwrap_or(""))?;
-        }
-        self.wtr.write_field(bool_text(row.is_unsubscribed))?;
-        self.scratch.clear();
-        write_timestamp(self.scratch, &row.created_at)?;
-        self.wtr.write_field(&self.scratch[..])?;
-        match row.custom_fields.custom_values(custom_keys, self.slots) {
-            CustomCells::Text(text) => {
-                for i in 0..custom_keys.len() {
-                    match self.slots.spans[i] {
-                        Some(span) => self.raw(span.value(text))?,
-                        None => self.wtr.write_field("")?,
-                    }
-                }
-            }
-            CustomCells::Json(value) => {
-                let object = value.as_object();
-                for key in custom_keys {
-                    match object.and_then(|o| o.get(key.as_str())) {
-                        Some(value) => self.json(value)?,
-                        None => self.wtr.write_field("")?,
-                    }
-                }
-            }
-        }
-        self.wtr.write_record(None::<&[u8]>)
+impl Cells<'_> {
+    /// Ends a field: the delimiter before the next.
+    fn next(&mut self) {
+        self.out.put_u8(self.fields.delimiter);
     }
 
-    fn text(&mut self, text: &str) -> ::csv::Result<()> {
-        if self.neutralize && needs_neutralizing(text.as_bytes()) {
+    fn text(&mut self, text: &str) {
+        let text = text.as_bytes();
+        if self.neutralize && needs_neutralizing(text) {
             self.scratch.clear();
             self.scratch.push(b'\'');
-            self.scratch.extend_from_slice(text.as_bytes());
-            self.wtr.write_field(&self.scratch[..])
+            self.scratch.extend_from_slice(text);
+            self.fields.put(self.out, self.scratch);
         } else {
-            self.wtr.write_field(text)
+            self.fields.put(self.out, text);
         }
     }
 
-    fn json(&mut self, value: &Value) -> ::csv::Result<()> {
+    fn json(&mut self, value: &Value) {
         match value {
-            Value::Null => self.wtr.write_field(""),
+            Value::Null => {}
             Value::String(s) => self.text(s),
-            Value::Bool(b) => self.wtr.write_field(bool_text(*b)),
-            Value::Number(n) => self.formatted(|buf| write!(buf, "{n}")),
-            nested @ (Value::Array(_) | Value::Object(_)) => {
-                self.formatted(|buf| serde_json::to_writer(buf, nested).map_err(io::Error::from))
-            }
+            Value::Bool(b) => self.out.put_slice(bool_text(*b).as_bytes()),
+            Value::Number(n) => self.formatted(|buf| {
+                write!(buf, "{n}").expect("writing into memory cannot fail");
+            }),
+            nested @ (Value::Array(_) | Value::Object(_)) => self.formatted(|buf| {
+                serde_json::to_writer(buf, nested).expect("a Value always serialises");
+            }),
         }
     }
 
     /// A value as stored: strings unescaped, numbers and nested values as their JSON text
     /// (numbers exactly as PostgreSQL gives them, never re-formatted).
-    fn raw(&mut self, value: RawValue<'_>) -> ::csv::Result<()> {
+    fn raw(&mut self, value: RawValue<'_>) {
         match value.kind {
-            Kind::Null => self.wtr.write_field(""),
+            Kind::Null => {}
             Kind::String if !value.escaped => self.text(value.text),
             Kind::String => {
                 let mut unescaped = std::mem::take(self.text_scratch);
                 unescaped.clear();
                 custom_fields::unescape_into(value.text, &mut unescaped);
-                let written = self.text(&unescaped);
+                self.text(&unescaped);
                 *self.text_scratch = unescaped;
-                written
             }
-            Kind::True | Kind::False => self.wtr.write_field(value.text),
-            Kind::Number => self.formatted(|buf| {
-                buf.extend_from_slice(value.text.as_bytes());
-                Ok(())
-            }),
-            Kind::Object | Kind::Array => self.formatted(|buf| {
-                custom_fields::write_compact(value.text, buf);
-                Ok(())
-            }),
+            Kind::True | Kind::False => self.out.put_slice(value.text.as_bytes()),
+            Kind::Number => self.formatted(|buf| buf.extend_from_slice(value.text.as_bytes())),
+            Kind::Object | Kind::Array => {
+                self.formatted(|buf| custom_fields::write_compact(value.text, buf))
+            }
         }
     }
 
     /// Formats a cell after a reserved `'` in the scratch buffer, so that neutralising it
     /// needs no second buffer. (JSON numbers, objects and arrays never start with a trigger;
     /// the check stays so that the rule has no exceptions to keep in mind.)
-    fn formatted(
-        &mut self,
-        format: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
-    ) -> ::csv::Result<()> {
+    fn formatted(&mut self, format: impl FnOnce(&mut Vec<u8>)) {
         self.scratch.clear();
         self.scratch.push(b'\'');
-        format(self.scratch)?;
+        format(self.scratch);
         let start = usize::from(!(self.neutralize && needs_neutralizing(&self.scratch[1..])));
-        self.wtr.write_field(&self.scratch[start..])
+        self.fields.put(self.out, &self.scratch[start..]);
     }
 }
 
@@ -619,33 +643,72 @@ fn bool_text(b: bool) -> &'static str {
     if b { "true" } else { "false" }
 }
 
-/// RFC 3339 in UTC with six fractional digits and `Z`; the same text as chrono's
-/// `to_rfc3339_opts(SecondsFormat::Micros, true)`, written without allocating.
-fn write_timestamp(out: &mut Vec<u8>, ts: &DateTime<Utc>) -> io::Result<()> {
-    let (date, time) = (ts.date_naive(), ts.time());
-    let year = date.year();
+/// RFC 3339 in UTC with six fractional digits and `Z` (chrono's
+/// `to_rfc3339_opts(SecondsFormat::Micros, true)`): four-digit years, or a sign and at least
+/// four digits outside 0–9999, as ISO 8601's expanded form has it. PostgreSQL's `infinity`
+/// and `-infinity` are written as PostgreSQL writes them.
+fn write_timestamp(out: &mut BytesMut, ts: PgTimestamp) {
+    match ts.0 {
+        i64::MAX => return out.put_slice(b"infinity"),
+        i64::MIN => return out.put_slice(b"-infinity"),
+        _ => {}
+    }
+    let micros = i128::from(ts.0) + i128::from(PG_EPOCH_UNIX_MICROS);
+    const DAY: i128 = 86_400_000_000;
+    let (days, in_day) = (micros.div_euclid(DAY), micros.rem_euclid(DAY));
+    let (year, month, day) = civil_from_days(days);
+    let (seconds, fraction) = (in_day / 1_000_000, in_day % 1_000_000);
     if (0..=9999).contains(&year) {
-        write!(out, "{year:04}")?;
+        put_digits(out, year as u64, 4);
     } else {
-        // Outside four digits, ISO 8601's expanded form needs the sign (as chrono writes it).
-        write!(out, "{year:+05}")?;
+        out.put_u8(if year < 0 { b'-' } else { b'+' });
+        let magnitude = year.unsigned_abs() as u64;
+        let width = magnitude.checked_ilog10().unwrap_or(0) as usize + 1;
+        put_digits(out, magnitude, width.max(4));
     }
-    let (mut second, mut nano) = (time.second(), time.nanosecond());
-    // chrono represents a leap second as nanoseconds past 1e9 on second 59.
-    if nano >= 1_000_000_000 {
-        second += 1;
-        nano -= 1_000_000_000;
+    out.put_u8(b'-');
+    put_digits(out, month as u64, 2);
+    out.put_u8(b'-');
+    put_digits(out, day as u64, 2);
+    out.put_u8(b'T');
+    put_digits(out, (seconds / 3600) as u64, 2);
+    out.put_u8(b':');
+    put_digits(out, (seconds / 60 % 60) as u64, 2);
+    out.put_u8(b':');
+    put_digits(out, (seconds % 60) as u64, 2);
+    out.put_u8(b'.');
+    put_digits(out, fraction as u64, 6);
+    out.put_u8(b'Z');
+}
+
+/// `n` in exactly `width` decimal digits (zero-padded; `n` must fit).
+fn put_digits(out: &mut BytesMut, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    for slot in digits[..width].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
     }
-    write!(
-        out,
-        "-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        date.month(),
-        date.day(),
-        time.hour(),
-        time.minute(),
-        second,
-        nano / 1_000
-    )
+    out.put_slice(&digits[..width]);
+}
+
+/// Year, month and day of the proleptic Gregorian calendar for days since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`, which counts in 400-year eras).
+fn civil_from_days(days: i128) -> (i128, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i128::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -716,7 +779,7 @@ mod tests {
             format!("{FIXED_HEADER}\n").as_bytes()
         );
         assert_eq!(headers(&[]), FIXED_COLUMNS.to_vec());
-        assert!(enc.encode_batch::<Value>([]).is_empty());
+        assert!(enc.encode_batch(&[]).is_empty());
     }
 
     #[test]
@@ -953,23 +1016,70 @@ mod tests {
                 "-0001-01-01T00:00:00.000000Z",
             ),
             (
-                NaiveDate::from_ymd_opt(2016, 12, 31)
+                NaiveDate::from_ymd_opt(-4713, 11, 24)
                     .unwrap()
-                    .and_hms_micro_opt(23, 59, 59, 1_500_000)
+                    .and_hms_opt(0, 0, 0)
                     .unwrap()
                     .and_utc(),
-                "2016-12-31T23:59:60.500000Z",
+                "-4713-11-24T00:00:00.000000Z",
+            ),
+            (
+                NaiveDate::from_ymd_opt(262_142, 12, 31)
+                    .unwrap()
+                    .and_hms_micro_opt(23, 59, 59, 999_999)
+                    .unwrap()
+                    .and_utc(),
+                "+262142-12-31T23:59:59.999999Z",
+            ),
+            (
+                NaiveDate::from_ymd_opt(2000, 2, 29)
+                    .unwrap()
+                    .and_hms_opt(0, 0, 0)
+                    .unwrap()
+                    .and_utc(),
+                "2000-02-29T00:00:00.000000Z",
             ),
         ];
         for (t, want) in cases {
-            let mut buf = Vec::new();
-            write_timestamp(&mut buf, &t).unwrap();
-            assert_eq!(String::from_utf8(buf).unwrap(), want);
+            let mut buf = BytesMut::new();
+            write_timestamp(&mut buf, PgTimestamp::from(t));
+            assert_eq!(std::str::from_utf8(&buf).unwrap(), want);
             assert_eq!(t.to_rfc3339_opts(SecondsFormat::Micros, true), want);
 
             let mut r = row("a@x");
             r.created_at = t;
             assert_eq!(body(&[], ON, &[r]), format!("a@x,,,,,,false,{want}\n"));
+        }
+    }
+
+    #[test]
+    fn timestamps_agree_with_chrono_across_the_calendar() {
+        // Every 9,973,500,007 µs (about 115 days, and not a whole number of seconds) from year
+        // -4713 to 9999: every era offset, leap years and month ends along the way.
+        let mut micros = NaiveDate::from_ymd_opt(-4713, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_micros();
+        while micros < 253_402_300_799_999_999 {
+            let t = ts(micros);
+            let mut buf = BytesMut::new();
+            write_timestamp(&mut buf, PgTimestamp::from(t));
+            assert_eq!(
+                std::str::from_utf8(&buf).unwrap(),
+                t.to_rfc3339_opts(SecondsFormat::Micros, true)
+            );
+            micros += 9_973_500_007;
+        }
+    }
+
+    #[test]
+    fn infinite_timestamps_are_written_as_postgresql_writes_them() {
+        for (ts, want) in [(i64::MAX, "infinity"), (i64::MIN, "-infinity")] {
+            let mut buf = BytesMut::new();
+            write_timestamp(&mut buf, PgTimestamp(ts));
+            assert_eq!(&buf[..], want.as_bytes());
         }
     }
 

@@ -127,26 +127,8 @@ impl CustomFields {
     /// key. `keys` must be sorted and unique (as [`super::csv::sort_keys`] leaves them);
     /// `scratch` holds an escaped key while it is looked up.
     pub fn locate(&self, keys: &[String], slots: &mut Vec<Option<Span>>, scratch: &mut String) {
-        slots.clear();
-        slots.resize(keys.len(), None);
-        if self.text.is_empty() {
-            return;
-        }
-        let text = &self.text;
-        let found = Scanner::new(text).top_level(|(start, end), escaped, span| {
-            let raw = &text[start as usize..end as usize];
-            let key = if escaped {
-                scratch.clear();
-                unescape_into(raw, scratch);
-                scratch.as_str()
-            } else {
-                raw
-            };
-            if let Ok(i) = keys.binary_search_by(|k| k.as_str().cmp(key)) {
-                slots[i] = Some(span);
-            }
-        });
-        // The text was checked when the row was decoded.
+        let found = locate(&self.text, keys, slots, scratch);
+        // The text was checked when it was parsed.
         debug_assert!(found.is_ok());
     }
 
@@ -157,6 +139,37 @@ impl CustomFields {
         self.locate(&keys, &mut slots, &mut String::new());
         slots[0].map(|span| span.value(&self.text))
     }
+}
+
+/// Checks `text` (PostgreSQL's text of a jsonb value) and sets `slots[i]` to where the value
+/// of `keys[i]` is, `None` where the object has no such key (every slot, when `text` is not an
+/// object). One pass over the text. `keys` must be sorted and unique (as
+/// [`super::csv::sort_keys`] leaves them); `scratch` holds an escaped key while it is looked up.
+pub fn locate(
+    text: &str,
+    keys: &[String],
+    slots: &mut Vec<Option<Span>>,
+    scratch: &mut String,
+) -> Result<(), MalformedJson> {
+    slots.clear();
+    slots.resize(keys.len(), None);
+    // Most contacts have no custom fields at all.
+    if text.is_empty() || text == "{}" {
+        return Ok(());
+    }
+    Scanner::new(text).top_level(|(start, end), escaped, span| {
+        let raw = &text[start as usize..end as usize];
+        let key = if escaped {
+            scratch.clear();
+            unescape_into(raw, scratch);
+            scratch.as_str()
+        } else {
+            raw
+        };
+        if let Ok(i) = keys.binary_search_by(|k| k.as_str().cmp(key)) {
+            slots[i] = Some(span);
+        }
+    })
 }
 
 impl From<serde_json::Value> for CustomFields {

@@ -15,6 +15,7 @@
 //! ([`job_state`]), cancellation and the final status. Nothing here knows about gRPC.
 
 pub mod batches;
+pub mod copy_rows;
 pub mod csv;
 pub mod custom_fields;
 pub mod job_state;

@@ -1,10 +1,12 @@
 //! The SQL that selects an export's contacts, shared by every step that reads them.
 //!
 //! The text is built from typed UUIDs only (their `Display` is hex and dashes), so it is safe
-//! to inline: `DECLARE … CURSOR` takes no bind parameters, and one text for all queries keeps
-//! the count, the keys and the rows selecting exactly the same set.
+//! to inline: `COPY` takes no bind parameters, and one text for all queries keeps the count,
+//! the keys and the rows selecting exactly the same set.
 
 use uuid::Uuid;
+
+use super::copy_rows::COPY_COLUMNS;
 
 /// Which contacts an export reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,10 +15,6 @@ pub struct Selection {
     /// Any-of; empty means every contact of the workspace.
     pub tag_ids: Vec<Uuid>,
 }
-
-/// The columns the CSV encoder reads, in its order.
-pub const CONTACT_COLUMNS: &str = "c.email, c.first_name, c.last_name, c.phone, c.company, c.notes, \
-     c.is_unsubscribed, c.created_at, c.custom_fields";
 
 impl Selection {
     /// `FROM contacts c WHERE …` for this selection.
@@ -40,10 +38,11 @@ impl Selection {
         sql
     }
 
-    /// The ordered scan the stream reads.
-    pub fn rows_query(&self) -> String {
+    /// The ordered scan the stream reads, as a binary `COPY` (see
+    /// [`super::copy_rows`]).
+    pub fn copy_statement(&self) -> String {
         format!(
-            "SELECT {CONTACT_COLUMNS} {} ORDER BY c.id",
+            "COPY (SELECT {COPY_COLUMNS} {} ORDER BY c.id) TO STDOUT (FORMAT binary)",
             self.from_where()
         )
     }

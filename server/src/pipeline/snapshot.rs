@@ -2,32 +2,38 @@
 //!
 //! A `REPEATABLE READ READ ONLY` transaction on a dedicated connection exports its snapshot;
 //! the metadata queries import it on pooled connections and run beside each other, and the
-//! stream reads through a cursor in the owning transaction. Row count, custom keys and rows
-//! therefore describe the same data, whatever the CRM writes meanwhile. Dropping the
-//! [`Snapshot`] closes its connection and with it the transaction.
+//! stream reads the rows with one `COPY … TO STDOUT (FORMAT binary)` in the owning
+//! transaction. Row count, custom keys and rows therefore describe the same data, whatever the
+//! CRM writes meanwhile. Dropping the [`Snapshot`] closes its connection and with it the
+//! transaction (and stops a `COPY` still running on it).
+//!
+//! The owning connection is a plain `tokio-postgres` client, not diesel's: diesel-async has no
+//! `COPY`, and a `COPY` streams every row without the round trip per batch that a cursor's
+//! `FETCH` costs, in a binary form the encoder reads in place (see
+//! [`super::copy_rows`]).
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use tokio::task::JoinHandle;
+use tokio_postgres::{CopyOutStream, NoTls};
 
-use super::csv::ContactRow;
-use super::custom_fields::CustomFields;
 use super::selection::Selection;
-use crate::db::{self, DbError};
-
-const CURSOR: &str = "export_rows";
+use crate::db::DbError;
 
 /// An open snapshot and the connection that owns it.
 pub struct Snapshot {
-    conn: AsyncPgConnection,
+    client: tokio_postgres::Client,
+    /// Drives the connection; aborted on drop, which closes the socket at once (a `COPY` in
+    /// flight would otherwise be read to its end first).
+    connection: JoinHandle<()>,
     id: String,
-    cursor_open: bool,
 }
 
-#[derive(QueryableByName)]
-struct SnapshotId {
-    #[diesel(sql_type = Text)]
-    id: String,
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
 }
 
 #[derive(QueryableByName)]
@@ -45,14 +51,25 @@ struct Key {
 impl Snapshot {
     /// Opens a fresh snapshot on a new connection.
     pub async fn open(database_url: &str) -> Result<Snapshot, DbError> {
-        let mut conn = db::connect(database_url).await?;
+        let (client, connection) = tokio_postgres::connect(database_url, NoTls)
+            .await
+            .map_err(DbError::Postgres)?;
+        let connection = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "the snapshot connection ended with an error");
+            }
+        });
         // JIT compilation costs more than it saves on these scans (up to 0.7 s for the keys
         // of a million rows, measured): off for the snapshot and the queries that import it.
-        conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL jit = off")
-            .await?;
-        let SnapshotId { id } = diesel::sql_query("SELECT pg_export_snapshot() AS id")
-            .get_result(&mut conn)
-            .await?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL jit = off")
+            .await
+            .map_err(DbError::Postgres)?;
+        let id: String = client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(DbError::Postgres)?;
         // Snapshot ids look like `00000003-0000001B-1`; anything else must not reach SQL text.
         if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(DbError::Query(diesel::result::Error::QueryBuilderError(
@@ -60,9 +77,9 @@ impl Snapshot {
             )));
         }
         Ok(Snapshot {
-            conn,
+            client,
+            connection,
             id,
-            cursor_open: false,
         })
     }
 
@@ -114,31 +131,13 @@ impl Snapshot {
             .await
     }
 
-    /// Starts (or restarts, for a retry) the ordered scan of the selected rows.
-    pub async fn open_cursor(
-        &mut self,
+    /// Starts the ordered scan of the selected rows: the messages of a binary `COPY`, one row
+    /// each (see [`super::copy_rows`]). A retry may start another once this one is dropped;
+    /// it then waits until the connection has read the rest of the first.
+    pub async fn copy_rows(
+        &self,
         selection: &Selection,
-    ) -> Result<(), diesel::result::Error> {
-        if self.cursor_open {
-            self.conn.batch_execute(&format!("CLOSE {CURSOR}")).await?;
-            self.cursor_open = false;
-        }
-        let declare = format!(
-            "DECLARE {CURSOR} NO SCROLL CURSOR FOR {}",
-            selection.rows_query()
-        );
-        self.conn.batch_execute(&declare).await?;
-        self.cursor_open = true;
-        Ok(())
-    }
-
-    /// The next batch of the scan; empty at the end.
-    pub async fn fetch(
-        &mut self,
-        batch: usize,
-    ) -> Result<Vec<ContactRow<CustomFields>>, diesel::result::Error> {
-        diesel::sql_query(format!("FETCH {batch} FROM {CURSOR}"))
-            .load(&mut self.conn)
-            .await
+    ) -> Result<CopyOutStream, tokio_postgres::Error> {
+        self.client.copy_out(&selection.copy_statement()).await
     }
 }

@@ -7,7 +7,8 @@ use sha2::{Digest, Sha256};
 
 use super::resolve_export_metadata::ExportMetadata;
 use crate::pipeline::PipelineContext;
-use crate::pipeline::batches::Batches;
+use crate::pipeline::batches::{Batches, ReadError};
+use crate::pipeline::copy_rows::RowBatch;
 use crate::pipeline::csv::{CsvEncoder, CsvOptions};
 use crate::pipeline::job_state::JobState;
 use crate::pipeline::progress::Progress;
@@ -114,12 +115,12 @@ async fn write_rows(
             loop {
                 interrupts.check()?;
                 progress.check()?;
-                let batch = batches.next().await?;
+                let batch = batches.next().await.map_err(read_failed)?;
                 if batch.is_empty() {
                     return Ok(());
                 }
-                let bytes = encoder.encode_batch(&batch);
-                let batch_rows = batch.len();
+                let batch_rows = encode(&mut encoder, &batch)?;
+                let bytes = encoder.take_chunk();
                 rows += batch_rows as i64;
                 drop(batch);
                 hasher.update(&bytes);
@@ -157,4 +158,36 @@ async fn write_rows(
         ));
     }
     Ok((size, hex::encode(hasher.finalize()), rows))
+}
+
+/// Encodes the rows of `batch` into the encoder's current chunk; returns how many there were.
+fn encode(encoder: &mut CsvEncoder, batch: &RowBatch) -> Result<usize, StepError> {
+    let mut reader = batch.rows();
+    let mut rows = 0;
+    while let Some((id, row)) = reader.next_row().map_err(|e| read_failed(e.into()))? {
+        // The same row fails every attempt: not worth a retry.
+        encoder.encode_row(&row).map_err(|e| {
+            StepError::failed(
+                FailureKind::Fatal,
+                format!("contact {id} cannot be exported: {e}"),
+                e,
+            )
+        })?;
+        rows += 1;
+    }
+    Ok(rows)
+}
+
+/// A failed read: the database's failures are retried on a fresh snapshot, data that is not
+/// what the `COPY` asked for is a bug no retry mends.
+fn read_failed(e: ReadError) -> StepError {
+    match e {
+        ReadError::Database(e) => StepError::read(e),
+        ReadError::Stopped => StepError::read(e),
+        ReadError::Row(_) => StepError::failed(
+            FailureKind::Fatal,
+            "reading contacts from the database failed",
+            e,
+        ),
+    }
 }

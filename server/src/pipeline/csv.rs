@@ -1062,15 +1062,7 @@ mod tests {
 
     #[test]
     fn timestamps_agree_with_chrono_across_the_calendar() {
-        // Every 9,973,500,007 µs (about 115 days, and not a whole number of seconds) from year
-        // -4713 to 9999: every era offset, leap years and month ends along the way.
-        let mut micros = NaiveDate::from_ymd_opt(-4713, 1, 1)
-            .unwrap()
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_utc()
-            .timestamp_micros();
-        while micros < 253_402_300_799_999_999 {
+        fn check(micros: i64) {
             let t = ts(micros);
             let mut buf = BytesMut::new();
             write_timestamp(&mut buf, PgTimestamp::from(t));
@@ -1078,7 +1070,28 @@ mod tests {
                 std::str::from_utf8(&buf).unwrap(),
                 t.to_rfc3339_opts(SecondsFormat::Micros, true)
             );
-            micros += 9_973_500_007;
+        }
+        let start_of = |year: i32| {
+            NaiveDate::from_ymd_opt(year, 1, 1)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc()
+                .timestamp_micros()
+        };
+        // From -4713 to 9999 every 9,973,500,000,007 µs (about 115 days, and not a whole
+        // number of seconds): all of PostgreSQL's four-digit range, through every era.
+        let mut micros = start_of(-4713);
+        while micros < start_of(10_000) {
+            check(micros);
+            micros += 9_973_500_000_007;
+        }
+        // Every day from 1896 to 2104 at a moving time of day: each month end, the leap day
+        // of 2000, and the century years that are not leap years.
+        let mut micros = start_of(1896) + 1;
+        while micros < start_of(2105) {
+            check(micros);
+            micros += 86_400_000_000 + 1_234_567;
         }
     }
 

@@ -1,10 +1,13 @@
 //! Writing a download into place atomically: a temporary file beside the target, renamed
-//! over it only once every byte is written and verified.
+//! over it only once every byte is written and verified. A target that exists and is not a
+//! regular file (`/dev/null`, a FIFO, a terminal) is written into directly: renaming over it
+//! would replace the device with a file.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use tempfile::TempPath;
+use tokio::io::AsyncWriteExt as _;
 
 /// Where a download goes: `output` itself, or the server's file name inside `output` when
 /// it is an existing directory.
@@ -20,16 +23,27 @@ pub fn target_path(output: &Path, server_filename: &str) -> PathBuf {
     output.join(name)
 }
 
-/// A temporary file in the target's directory; deleted on drop unless committed.
+/// A temporary file in the target's directory, deleted on drop unless committed; or the
+/// target itself when it is not a regular file.
 pub struct PendingFile {
     file: tokio::fs::File,
-    path: TempPath,
+    /// `None` when writing straight into the target.
+    path: Option<TempPath>,
     target: PathBuf,
 }
 
 impl PendingFile {
-    /// Creates `.<name>.<random>.part` next to `target` (owner-only permissions).
+    /// Creates `.<name>.<random>.part` next to `target` (owner-only permissions), or opens
+    /// `target` for writing when it exists and is neither a regular file nor a directory.
     pub fn create(target: &Path) -> io::Result<Self> {
+        if std::fs::metadata(target).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+            let file = std::fs::OpenOptions::new().write(true).open(target)?;
+            return Ok(Self {
+                file: tokio::fs::File::from_std(file),
+                path: None,
+                target: target.to_owned(),
+            });
+        }
         let dir = match target.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
@@ -44,7 +58,7 @@ impl PendingFile {
             .into_parts();
         Ok(Self {
             file: tokio::fs::File::from_std(file),
-            path,
+            path: Some(path),
             target: target.to_owned(),
         })
     }
@@ -53,11 +67,16 @@ impl PendingFile {
         &mut self.file
     }
 
-    /// Syncs the data to disk and renames the file over the target.
-    pub async fn commit(self) -> io::Result<PathBuf> {
+    /// Syncs the data to disk and renames the file over the target (only flushes, when
+    /// writing straight into a target that is not a regular file).
+    pub async fn commit(mut self) -> io::Result<PathBuf> {
+        let Some(path) = self.path else {
+            self.file.flush().await?;
+            return Ok(self.target);
+        };
         self.file.sync_all().await?;
         drop(self.file);
-        self.path.persist(&self.target).map_err(|e| e.error)?;
+        path.persist(&self.target).map_err(|e| e.error)?;
         Ok(self.target)
     }
 }
@@ -110,5 +129,24 @@ mod tests {
         assert_eq!(pending.commit().await.unwrap(), target);
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_target_that_is_not_a_regular_file_is_written_into_not_replaced() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let dev_null = Path::new("/dev/null");
+        let mut pending = PendingFile::create(dev_null).unwrap();
+        // Checked before anything could be renamed over the device.
+        assert!(pending.path.is_none(), "no temporary file for a device");
+        pending.file().write_all(b"discarded").await.unwrap();
+        assert_eq!(pending.commit().await.unwrap(), dev_null);
+        assert!(
+            std::fs::metadata(dev_null)
+                .unwrap()
+                .file_type()
+                .is_char_device(),
+            "/dev/null is still the device"
+        );
     }
 }

@@ -42,9 +42,10 @@ pub struct Settings {
 /// Requests larger than this are refused: the largest legitimate one (1,000 tag ids) is ~40 KiB.
 const MAX_REQUEST_BYTES: usize = 256 << 10;
 
-/// Connections a running job may hold at its peak: the snapshot's own (outside the pool), two
-/// metadata queries beside it, and one for progress and step records.
-const CONNECTIONS_PER_JOB: usize = 3;
+/// Pooled connections a running job may hold at its peak: one for the progress written beside
+/// the stream (and the step records), one for a lease renewal that falls at the same moment.
+/// The snapshot's connection, which also runs the metadata query, is outside the pool.
+const CONNECTIONS_PER_JOB: usize = 2;
 /// Connections kept for the gRPC handlers, whatever the number of workers.
 const CONNECTIONS_FOR_API: usize = 10;
 

@@ -263,7 +263,7 @@ async fn fresh_metadata(
     let started = Instant::now();
     let result = async {
         let snapshot = Snapshot::open(&ctx.database_url).await?;
-        let metadata = resolve_export_metadata::run(ctx, &snapshot, selection).await?;
+        let metadata = resolve_export_metadata::run(&snapshot, selection).await?;
         Ok((snapshot, metadata))
     }
     .await;

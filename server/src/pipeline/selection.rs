@@ -47,34 +47,36 @@ impl Selection {
         )
     }
 
-    /// The row count.
-    pub fn count_query(&self) -> String {
-        format!("SELECT count(*) AS n {}", self.from_where())
-    }
-
     /// Whether any row is selected at all (stops at the first).
     pub fn exists_query(&self) -> String {
         format!("SELECT EXISTS (SELECT 1 {}) AS found", self.from_where())
     }
 
-    /// The distinct custom-field keys (order is the caller's to impose: code points, not the
-    /// database's collation).
+    /// The distinct custom-field keys and the row count in one pass: one row per key, plus
+    /// one with a `NULL` key standing for the rows that have none. `firsts` counts the rows
+    /// whose first key (in jsonb's order) it is, or for `NULL` the rows without keys, so each
+    /// row is counted exactly once and the row count is the sum of `firsts`. (Key order is
+    /// the caller's to impose: code points, not the database's collation.)
+    ///
+    /// One pass instead of a count beside a keys query: on the benchmark's data it is as fast
+    /// as the two side by side for all contacts, and twice as fast with a tag filter, whose
+    /// join the two queries each made.
     ///
     /// Not `WHERE jsonb_typeof(c.custom_fields) = 'object'`: PostgreSQL estimates that
     /// condition at 0.5% of the rows, and on that estimate sorts the keys of a million rows on
     /// disk and probes the tag index once per contact (1.1 s and 1.6 s on the benchmark's
-    /// data). The `CASE` leaves the row estimate alone, so the rows are found by the same plan
-    /// as the count's, and `GROUP BY` lets each parallel worker aggregate its own keys.
-    pub fn keys_query(&self) -> String {
+    /// data). The `CASE` leaves the row estimate alone, and `GROUP BY` lets each parallel
+    /// worker aggregate its own keys.
+    pub fn metadata_query(&self) -> String {
         format!(
-            "SELECT k.key FROM contacts c CROSS JOIN LATERAL jsonb_object_keys(CASE WHEN \
+            "SELECT k.key, count(*) FILTER (WHERE k.ord IS NULL OR k.ord = 1) AS firsts \
+             FROM contacts c LEFT JOIN LATERAL jsonb_object_keys(CASE WHEN \
              jsonb_typeof(c.custom_fields) = 'object' THEN c.custom_fields ELSE '{{}}'::jsonb \
-             END) AS k(key) WHERE {} GROUP BY k.key",
+             END) WITH ORDINALITY AS k(key, ord) ON true WHERE {} GROUP BY k.key",
             self.conditions()
         )
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

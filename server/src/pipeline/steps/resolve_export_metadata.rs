@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::db::DbError;
-use crate::pipeline::PipelineContext;
 use crate::pipeline::csv::sort_keys;
 use crate::pipeline::selection::Selection;
 use crate::pipeline::snapshot::Snapshot;
@@ -18,18 +16,12 @@ pub struct ExportMetadata {
     pub custom_keys: Vec<String>,
 }
 
-/// Counts rows and collects keys, the two queries side by side in `snapshot`.
-pub async fn run(
-    ctx: &PipelineContext,
-    snapshot: &Snapshot,
-    selection: &Selection,
-) -> Result<ExportMetadata, StepError> {
-    let mut count_conn = ctx.pool.get().await.map_err(DbError::from)?;
-    let mut keys_conn = ctx.pool.get().await.map_err(DbError::from)?;
-    let (total_rows, mut custom_keys) = tokio::try_join!(
-        snapshot.count(&mut count_conn, selection),
-        snapshot.keys(&mut keys_conn, selection),
-    )?;
+/// Counts rows and collects keys in `snapshot`, in one pass over the rows.
+pub async fn run(snapshot: &Snapshot, selection: &Selection) -> Result<ExportMetadata, StepError> {
+    let (total_rows, mut custom_keys) = snapshot
+        .metadata(selection)
+        .await
+        .map_err(StepError::read)?;
     sort_keys(&mut custom_keys);
     Ok(ExportMetadata {
         total_rows,

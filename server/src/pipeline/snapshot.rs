@@ -43,9 +43,15 @@ impl Snapshot {
             }
         });
         // JIT compilation costs more than it saves on these scans (up to 0.7 s for the keys
-        // of a million rows, measured). The snapshot is taken by the first query that follows.
+        // of a million rows, measured). The `COPY` runs as long as the upload it feeds, so a
+        // role's `statement_timeout` would cut every large export short: it is off for this
+        // transaction (an export is stopped by cancelling it). The snapshot is taken by the
+        // first query that follows.
         client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL jit = off")
+            .batch_execute(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL jit = off; \
+                 SET LOCAL statement_timeout = 0",
+            )
             .await
             .map_err(DbError::Postgres)?;
         Ok(Snapshot { client, connection })

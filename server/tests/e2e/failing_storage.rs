@@ -24,8 +24,9 @@ use tokio::sync::{Notify, watch};
 pub struct WriteFaults {
     /// Writer `write` and `close` calls still to refuse; `usize::MAX` refuses all of them.
     fail_next: AtomicUsize,
-    /// Advertised as the largest part the service accepts: the writer then uploads part by
-    /// part while rows stream in, instead of everything from its buffer at `close`.
+    /// Advertised as the only part size the service accepts, as an object store's multipart
+    /// limits: the writer then uploads part by part while rows stream in, instead of
+    /// everything from its buffer at `close`.
     max_part: Option<usize>,
     /// `false`: writes wait until the test opens it.
     gate: watch::Sender<bool>,
@@ -196,6 +197,8 @@ impl Service for FaultService {
     fn capability(&self) -> Capability {
         let mut capability = self.inner.capability();
         if let Some(max) = self.faults.max_part {
+            // Multipart limits like an object store's, so that the service writes in parts.
+            capability.write_multi_min_size = Some(max);
             capability.write_multi_max_size = Some(max);
         }
         capability

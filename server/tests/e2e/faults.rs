@@ -567,3 +567,70 @@ async fn cancelling_a_running_export_stops_it_mid_stream_and_leaves_no_object() 
     assert_ne!(steps["stream-export"].status, "succeeded");
     assert!(!steps.contains_key("send-notification"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_connection_killed_mid_copy_is_retried_in_a_fresh_snapshot() {
+    // About 30 MB of rows, more than the sockets between PostgreSQL and the service buffer:
+    // while the first batch's upload waits at the gate, the COPY is still sending.
+    let faults = WriteFaults::hold_writes(256);
+    let app = TestApp::spawn_with(AppOptions {
+        storage: faults.operator(),
+        batch_size: 100,
+        ..AppOptions::default()
+    })
+    .await;
+    let client = &app.ws.client;
+    let mut conn = app.db.conn().await;
+    diesel::sql_query(
+        "INSERT INTO contacts (workspace_id, email, created_at, notes, custom_fields) \
+         SELECT $1, 'c' || g || '@example.com', timestamptz '2024-01-01' + g * interval '1 s', \
+         repeat(md5(g::text), 32), jsonb_build_object('n', g) FROM generate_series(1, 30000) g",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(app.ws.id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let created = client.create(all_contacts()).await.unwrap();
+    within("a part upload to wait at the gate", faults.write_waiting()).await;
+    #[derive(diesel::QueryableByName)]
+    struct Killed {
+        #[diesel(sql_type = Bool)]
+        killed: bool,
+    }
+    let killed: Vec<Killed> = diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity \
+         WHERE query LIKE 'COPY (SELECT%' AND pid <> pg_backend_pid()",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        killed.iter().filter(|k| k.killed).count(),
+        1,
+        "one COPY was running"
+    );
+    faults.open();
+
+    let done = within("the export to finish", client.wait(&created.id))
+        .await
+        .unwrap();
+    assert_eq!(done.status(), ExportStatus::Completed, "{done:?}");
+    assert_eq!((done.total_rows, done.processed_rows), (30_000, 30_000));
+    assert_eq!(done.attempt, 2, "the stream ran again: {done:?}");
+    assert_eq!((faults.aborted(), faults.closed()), (1, 1));
+    let steps = steps(&app.db, id_of(&done)).await;
+    assert_eq!(
+        (
+            steps["stream-export"].status.as_str(),
+            steps["stream-export"].attempts
+        ),
+        ("succeeded", 2)
+    );
+
+    // The retry's file is the file an undisturbed export writes.
+    let faulted = download_all(client, &created.id).await;
+    let clean = run_export(client, all_contacts()).await;
+    assert_eq!(faulted, download_all(client, &clean.id).await);
+    assert_eq!(faulted.lines().count(), 30_001);
+}

@@ -29,12 +29,13 @@
 //! - `is_unsubscribed` is `true` / `false`.
 //! - `created_at` is RFC 3339 in UTC with exactly six fractional digits and `Z`
 //!   (`2024-05-01T12:00:00.123456Z`): microseconds are what PostgreSQL stores, and a fixed
-//!   width keeps the column sortable as text.
+//!   width keeps the column sortable as text. PostgreSQL's `infinity` and `-infinity` are
+//!   written as PostgreSQL writes them.
 //! - Custom values: a JSON string is written raw, a number or bool as its JSON text (`1.5`,
 //!   `-5`, `true`), `null` as an empty cell, an object or array as compact JSON. When the row's
 //!   `custom_fields` is not a JSON object at all, every custom cell is empty. Rows read from
-//!   the database hold [`CustomFields`], the JSON text PostgreSQL gives for the jsonb value:
-//!   numbers are written exactly as that text (`1.50` stays `1.50`; `1e400`, which jsonb
+//!   the database hold the JSON text PostgreSQL gives for the jsonb value
+//!   ([`CustomRef::Text`]): numbers are written exactly as that text (`1.50` stays `1.50`; `1e400`, which jsonb
 //!   accepts, is its 401 digits; `-0.0` is `0.0`), the same text as `custom_fields->>'key'`,
 //!   and nested values keep jsonb's key order.
 //!

@@ -1,5 +1,5 @@
 //! A contact's `custom_fields` as the stream reads it: PostgreSQL's own text of the jsonb value,
-//! checked when the row is decoded and read in one pass when it is encoded.
+//! checked and read in one pass when the row is encoded ([`locate`]).
 //!
 //! No `serde_json::Value` is built per row, and a row without custom fields (most of them)
 //! allocates nothing: a member's value is a span of the text, so a
@@ -7,15 +7,12 @@
 //! 401-digit integer that jsonb stores, never an error), the same text as
 //! `custom_fields->>'key'`. Strings are unescaped only when they hold an escape.
 //!
-//! The text comes from the database, so it is valid JSON; a malformed text is still refused
-//! (a decoding error, which fails the batch) rather than written as empty cells.
+//! The text comes from the database, so it is valid JSON; a malformed text (or one nested
+//! deeper than the scanner follows) is still refused, which fails the export naming the
+//! contact, rather than written as empty cells.
 
 use std::borrow::Cow;
 use std::fmt;
-
-use diesel::deserialize::{self, FromSql};
-use diesel::pg::{Pg, PgValue};
-use diesel::sql_types::Jsonb;
 
 /// What kind of JSON value a member holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +37,7 @@ pub struct Span {
 }
 
 impl Span {
-    /// The value in `text`, the [`CustomFields::text`] it was located in.
+    /// The value in `text`, the text it was located in.
     pub fn value<'a>(&self, text: &'a str) -> RawValue<'a> {
         RawValue {
             kind: self.kind,
@@ -55,13 +52,6 @@ impl Span {
 /// overflowed below 10,000 levels); a deeper row fails its export with a read error instead
 /// of aborting the process.
 const MAX_DEPTH: u32 = 1_000;
-
-/// The custom fields of one row: the JSON text as PostgreSQL gives it, or nothing at all when
-/// it has no member (an empty object, or not an object).
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct CustomFields {
-    text: String,
-}
 
 /// A value of a member, borrowed from the row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,54 +83,6 @@ impl fmt::Display for MalformedJson {
 
 impl std::error::Error for MalformedJson {}
 
-impl fmt::Debug for CustomFields {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("CustomFields").field(&self.text).finish()
-    }
-}
-
-impl CustomFields {
-    /// Checks the JSON text of a jsonb value and keeps it if it has members.
-    pub fn parse(text: &str) -> Result<CustomFields, MalformedJson> {
-        let mut members = 0usize;
-        Scanner::new(text).top_level(|_, _, _| members += 1)?;
-        Ok(CustomFields {
-            text: if members == 0 {
-                String::new()
-            } else {
-                text.to_owned()
-            },
-        })
-    }
-
-    /// The text the spans of [`CustomFields::locate`] point into.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    /// True when there is no member (an empty object, or not an object at all).
-    pub fn is_empty(&self) -> bool {
-        self.text.is_empty()
-    }
-
-    /// Sets `slots[i]` to where the value of `keys[i]` is, `None` where the object has no such
-    /// key. `keys` must be sorted and unique (as [`super::csv::sort_keys`] leaves them);
-    /// `scratch` holds an escaped key while it is looked up.
-    pub fn locate(&self, keys: &[String], slots: &mut Vec<Option<Span>>, scratch: &mut String) {
-        let found = locate(&self.text, keys, slots, scratch);
-        // The text was checked when it was parsed.
-        debug_assert!(found.is_ok());
-    }
-
-    /// The value of `key`, if the object has it (jsonb keys are unique).
-    pub fn get(&self, key: &str) -> Option<RawValue<'_>> {
-        let keys = [key.to_owned()];
-        let mut slots = Vec::new();
-        self.locate(&keys, &mut slots, &mut String::new());
-        slots[0].map(|span| span.value(&self.text))
-    }
-}
-
 /// Checks `text` (PostgreSQL's text of a jsonb value) and sets `slots[i]` to where the value
 /// of `keys[i]` is, `None` where the object has no such key (every slot, when `text` is not an
 /// object). One pass over the text. `keys` must be sorted and unique (as
@@ -170,24 +112,6 @@ pub fn locate(
             slots[i] = Some(span);
         }
     })
-}
-
-impl From<serde_json::Value> for CustomFields {
-    /// For tests and fixtures: serde_json's text of `value`.
-    fn from(value: serde_json::Value) -> Self {
-        CustomFields::parse(&value.to_string()).expect("serde_json writes valid JSON")
-    }
-}
-
-impl FromSql<Jsonb, Pg> for CustomFields {
-    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
-        // jsonb's binary form is a version byte (1) and the text.
-        match value.as_bytes().split_first() {
-            Some((1, text)) => Ok(CustomFields::parse(std::str::from_utf8(text)?)?),
-            Some((version, _)) => Err(format!("unsupported jsonb version {version}").into()),
-            None => Err("empty jsonb value".into()),
-        }
-    }
 }
 
 /// Appends the characters of a JSON string body (between the quotes, as validated by the
@@ -526,8 +450,17 @@ impl<'a> Scanner<'a> {
 mod tests {
     use super::*;
 
-    fn get(fields: &CustomFields, key: &str) -> Option<(Kind, String)> {
-        let value = fields.get(key)?;
+    /// Checks `text` as the encoder does.
+    fn check(text: &str) -> Result<(), MalformedJson> {
+        locate(text, &[], &mut Vec::new(), &mut String::new())
+    }
+
+    /// The kind and (unescaped) text of `key`'s value in `text`.
+    fn get(text: &str, key: &str) -> Option<(Kind, String)> {
+        let keys = [key.to_owned()];
+        let mut slots = Vec::new();
+        locate(text, &keys, &mut slots, &mut String::new()).unwrap();
+        let value = slots[0]?.value(text);
         let mut s = String::new();
         let text = match value.kind {
             Kind::String => string_value(&value, &mut s).into_owned(),
@@ -538,32 +471,29 @@ mod tests {
 
     #[test]
     fn numbers_keep_their_text() {
-        let f = CustomFields::parse(r#"{"n": 1.50, "big": 1e400, "neg": -0.0, "i": -5}"#).unwrap();
-        assert_eq!(get(&f, "n"), Some((Kind::Number, "1.50".into())));
-        assert_eq!(get(&f, "big"), Some((Kind::Number, "1e400".into())));
-        assert_eq!(get(&f, "neg"), Some((Kind::Number, "-0.0".into())));
-        assert_eq!(get(&f, "i"), Some((Kind::Number, "-5".into())));
-        assert_eq!(get(&f, "missing"), None);
+        let f = r#"{"n": 1.50, "big": 1e400, "neg": -0.0, "i": -5}"#;
+        assert_eq!(get(f, "n"), Some((Kind::Number, "1.50".into())));
+        assert_eq!(get(f, "big"), Some((Kind::Number, "1e400".into())));
+        assert_eq!(get(f, "neg"), Some((Kind::Number, "-0.0".into())));
+        assert_eq!(get(f, "i"), Some((Kind::Number, "-5".into())));
+        assert_eq!(get(f, "missing"), None);
     }
 
     #[test]
     fn kinds_strings_and_escapes() {
-        let f = CustomFields::parse(
-            r#"{"s": "plain", "e": "a\"b\\c\/d\n\u00e9\ud83d\ude80", "t": true, "f": false,
-                "z": null, "o": {"a": [1, {"b": "x y"}]}, "a": [], "k\u0041": 1}"#,
-        )
-        .unwrap();
-        assert_eq!(get(&f, "s"), Some((Kind::String, "plain".into())));
-        assert_eq!(get(&f, "e"), Some((Kind::String, "a\"b\\c/d\né🚀".into())));
-        assert_eq!(get(&f, "t"), Some((Kind::True, "true".into())));
-        assert_eq!(get(&f, "f"), Some((Kind::False, "false".into())));
-        assert_eq!(get(&f, "z"), Some((Kind::Null, "null".into())));
+        let f = r#"{"s": "plain", "e": "a\"b\\c\/d\n\u00e9\ud83d\ude80", "t": true, "f": false,
+                "z": null, "o": {"a": [1, {"b": "x y"}]}, "a": [], "k\u0041": 1}"#;
+        assert_eq!(get(f, "s"), Some((Kind::String, "plain".into())));
+        assert_eq!(get(f, "e"), Some((Kind::String, "a\"b\\c/d\né🚀".into())));
+        assert_eq!(get(f, "t"), Some((Kind::True, "true".into())));
+        assert_eq!(get(f, "f"), Some((Kind::False, "false".into())));
+        assert_eq!(get(f, "z"), Some((Kind::Null, "null".into())));
         assert_eq!(
-            get(&f, "o"),
+            get(f, "o"),
             Some((Kind::Object, r#"{"a": [1, {"b": "x y"}]}"#.into()))
         );
-        assert_eq!(get(&f, "a"), Some((Kind::Array, "[]".into())));
-        assert_eq!(get(&f, "kA"), Some((Kind::Number, "1".into())));
+        assert_eq!(get(f, "a"), Some((Kind::Array, "[]".into())));
+        assert_eq!(get(f, "kA"), Some((Kind::Number, "1".into())));
         let mut out = Vec::new();
         write_compact(r#"{"a": [1, {"b": "x y\" ,"}]}"#, &mut out);
         assert_eq!(out, br#"{"a":[1,{"b":"x y\" ,"}]}"#);
@@ -571,15 +501,16 @@ mod tests {
 
     #[test]
     fn not_an_object_has_no_members() {
-        for text in ["[1, 2]", "\"s\"", "3", "null", "{}", " { } "] {
-            assert!(CustomFields::parse(text).unwrap().is_empty(), "{text}");
+        // The empty text is how the stream passes a NULL `custom_fields`.
+        for text in ["[1, 2]", "\"s\"", "3", "null", "{}", " { } ", ""] {
+            assert_eq!(get(text, "s"), None, "{text}");
         }
     }
 
     #[test]
     fn malformed_text_is_refused() {
         for text in [
-            "",
+            " ",
             "{",
             "{\"a\"}",
             "{\"a\": }",
@@ -593,21 +524,14 @@ mod tests {
             "[1,]",
             "{\"a\": \"\\u12\"}",
         ] {
-            assert!(CustomFields::parse(text).is_err(), "{text:?}");
+            assert!(check(text).is_err(), "{text:?}");
         }
-    }
-
-    #[test]
-    fn from_value_round_trips() {
-        let f = CustomFields::from(serde_json::json!({"a": 1.5, "b": "x"}));
-        assert_eq!(get(&f, "a"), Some((Kind::Number, "1.5".into())));
-        assert_eq!(get(&f, "b"), Some((Kind::String, "x".into())));
     }
 }
 
 #[cfg(test)]
 mod nesting_limit {
-    use super::{CustomFields, MAX_DEPTH};
+    use super::{MAX_DEPTH, locate};
 
     fn nested(depth: usize) -> String {
         format!("{{\"k\": {}{}}}", "[".repeat(depth), "]".repeat(depth))
@@ -615,10 +539,10 @@ mod nesting_limit {
 
     /// Runs on a 2 MiB stack, the size of a tokio worker's: the limit must be reached long
     /// before the stack runs out, or a hostile row would abort the whole process.
-    fn parse_on_worker_sized_stack(text: String) -> bool {
+    fn check_on_worker_sized_stack(text: String) -> bool {
         std::thread::Builder::new()
             .stack_size(2 << 20)
-            .spawn(move || CustomFields::parse(&text).is_ok())
+            .spawn(move || locate(&text, &[], &mut Vec::new(), &mut String::new()).is_ok())
             .unwrap()
             .join()
             .expect("no stack overflow")
@@ -626,8 +550,8 @@ mod nesting_limit {
 
     #[test]
     fn deep_nesting_is_refused_before_the_stack_runs_out() {
-        assert!(parse_on_worker_sized_stack(nested(MAX_DEPTH as usize - 1)));
-        assert!(!parse_on_worker_sized_stack(nested(MAX_DEPTH as usize + 2)));
-        assert!(!parse_on_worker_sized_stack(nested(100_000)));
+        assert!(check_on_worker_sized_stack(nested(MAX_DEPTH as usize - 1)));
+        assert!(!check_on_worker_sized_stack(nested(MAX_DEPTH as usize + 2)));
+        assert!(!check_on_worker_sized_stack(nested(100_000)));
     }
 }

@@ -4,10 +4,11 @@
 //!
 //! 1. [`steps::resolve_tag_filter`]: which contacts the tags select; none short-circuits to a
 //!    header-only file.
-//! 2. [`steps::resolve_export_metadata`]: custom-field keys and row count, read in parallel from
+//! 2. [`steps::resolve_export_metadata`]: custom-field keys and row count, in one pass inside
 //!    one [`snapshot::Snapshot`] that the stream then reads too.
-//! 3. [`steps::stream_export`]: one ordered scan of that snapshot, batch by batch, through the
-//!    [`csv`] encoder into a storage writer.
+//! 3. [`steps::stream_export`]: one ordered binary `COPY` of that snapshot, received a batch
+//!    ahead ([`batches`]), read in place ([`copy_rows`]) by the [`csv`] encoder into a
+//!    storage writer.
 //! 4. [`steps::send_notification`]: mail the requester when the workspace wants it.
 //!
 //! The [`runner`] owns everything around the steps: memoisation (a succeeded step is not run

@@ -49,8 +49,9 @@ pub struct JobArgs {
     /// Exports this replica runs at once (0: it serves the API and runs no jobs).
     #[arg(long, env = "EXPORTD_WORKERS", default_value_t = 4)]
     pub workers: usize,
-    /// Contacts per batch: one batch is in memory at a time and progress is written per batch.
-    #[arg(long, env = "EXPORTD_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// Contacts per batch: at most three batches are in memory at a time and progress is
+    /// written per batch.
+    #[arg(long, env = "EXPORTD_BATCH_SIZE", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
     /// Seconds a job's lease lasts without renewal; a dead worker's job is resumed after it.
     #[arg(long, env = "EXPORTD_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]

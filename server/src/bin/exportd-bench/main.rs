@@ -166,6 +166,13 @@ struct Bench<'a> {
 
 /// One run's figures.
 struct RunResult {
+    large: LargeRun,
+    small: ExportRun,
+    rss_small: u64,
+}
+
+/// What one run measures on the N-row workspace, in one `exportd`.
+struct LargeRun {
     full: ExportRun,
     full_copy: CopyRun,
     tagged: ExportRun,
@@ -173,8 +180,6 @@ struct RunResult {
     download: Duration,
     disk_copy: Duration,
     rss_large: u64,
-    rss_small: u64,
-    small: ExportRun,
     /// CPU time `exportd` used during the full and the tag-filtered export.
     full_cpu: Duration,
     tagged_cpu: Duration,
@@ -289,7 +294,7 @@ impl Bench<'_> {
                 download.as_secs_f64(),
                 disk_copy.as_secs_f64()
             );
-            anyhow::Ok((
+            anyhow::Ok(LargeRun {
                 full,
                 full_copy,
                 tagged,
@@ -299,21 +304,11 @@ impl Bench<'_> {
                 rss_large,
                 full_cpu,
                 tagged_cpu,
-            ))
+            })
         }
         .await;
         let stopped = service.stop().await;
-        let (
-            full,
-            full_copy,
-            tagged,
-            tagged_copy,
-            download,
-            disk_copy,
-            rss_large,
-            full_cpu,
-            tagged_cpu,
-        ) = outcome?;
+        let large = outcome?;
         stopped?;
 
         eprint!(
@@ -338,17 +333,9 @@ impl Bench<'_> {
         eprintln!("{:.2} s", small.wall.as_secs_f64());
 
         Ok(RunResult {
-            full,
-            full_copy,
-            tagged,
-            tagged_copy,
-            download,
-            disk_copy,
-            rss_large,
-            rss_small,
+            large,
             small,
-            full_cpu,
-            tagged_cpu,
+            rss_small,
         })
     }
 
@@ -393,60 +380,80 @@ fn results_table(data: &Dataset, runs: &[RunResult]) -> Table {
     let secs = |d: Duration| d.as_secs_f64();
     let mut t = Table::default();
 
-    let full_rows = report::thousands(runs[0].full.rows);
+    let full_rows = report::thousands(runs[0].large.full.rows);
     t.section(&format!(
         "full export, {full_rows} rows (CreateExport → COMPLETED seen)"
     ));
-    t.row("wall time", Fmt::Seconds, per_run(&|r| secs(r.full.wall)));
-    t.row("rows/s", Fmt::Rate, per_run(&|r| r.full.rows_per_sec()));
-    t.row("MB/s", Fmt::Rate, per_run(&|r| r.full.mb_per_sec()));
+    t.row(
+        "wall time",
+        Fmt::Seconds,
+        per_run(&|r| secs(r.large.full.wall)),
+    );
+    t.row(
+        "rows/s",
+        Fmt::Rate,
+        per_run(&|r| r.large.full.rows_per_sec()),
+    );
+    t.row("MB/s", Fmt::Rate, per_run(&|r| r.large.full.mb_per_sec()));
     t.row(
         "file size, MB",
         Fmt::Decimal,
-        per_run(&|r| r.full.bytes as f64 / 1e6),
+        per_run(&|r| r.large.full.bytes as f64 / 1e6),
     );
     t.row(
         "  pickup (create → start)",
         Fmt::Seconds,
-        per_run(&|r| r.full.pickup),
+        per_run(&|r| r.large.full.pickup),
     );
     for step in ["resolve-export-metadata", "stream-export"] {
         t.row(
             &format!("  step {step}"),
             Fmt::Seconds,
-            per_run(&|r| r.full.step(step)),
+            per_run(&|r| r.large.full.step(step)),
         );
     }
     t.row(
         "  CPU time of exportd",
         Fmt::Seconds,
-        per_run(&|r| secs(r.full_cpu)),
+        per_run(&|r| secs(r.large.full_cpu)),
     );
     t.section("psql \\copy, full (same rows and columns)");
     t.row(
         "wall time",
         Fmt::Seconds,
-        per_run(&|r| secs(r.full_copy.wall)),
+        per_run(&|r| secs(r.large.full_copy.wall)),
     );
-    t.row("MB/s", Fmt::Rate, per_run(&|r| r.full_copy.mb_per_sec()));
+    t.row(
+        "MB/s",
+        Fmt::Rate,
+        per_run(&|r| r.large.full_copy.mb_per_sec()),
+    );
     t.row(
         "export / \\copy",
         Fmt::Ratio,
-        per_run(&|r| secs(r.full.wall) / secs(r.full_copy.wall)),
+        per_run(&|r| secs(r.large.full.wall) / secs(r.large.full_copy.wall)),
     );
 
-    let tagged_rows = report::thousands(runs[0].tagged.rows);
+    let tagged_rows = report::thousands(runs[0].large.tagged.rows);
     t.section(&format!(
         "tag-filtered export, {tagged_rows} rows (tags: {})",
         data.tag_names.join(" or ")
     ));
-    t.row("wall time", Fmt::Seconds, per_run(&|r| secs(r.tagged.wall)));
-    t.row("rows/s", Fmt::Rate, per_run(&|r| r.tagged.rows_per_sec()));
-    t.row("MB/s", Fmt::Rate, per_run(&|r| r.tagged.mb_per_sec()));
+    t.row(
+        "wall time",
+        Fmt::Seconds,
+        per_run(&|r| secs(r.large.tagged.wall)),
+    );
+    t.row(
+        "rows/s",
+        Fmt::Rate,
+        per_run(&|r| r.large.tagged.rows_per_sec()),
+    );
+    t.row("MB/s", Fmt::Rate, per_run(&|r| r.large.tagged.mb_per_sec()));
     t.row(
         "  pickup (create → start)",
         Fmt::Seconds,
-        per_run(&|r| r.tagged.pickup),
+        per_run(&|r| r.large.tagged.pickup),
     );
     for step in [
         "resolve-tag-filter",
@@ -456,46 +463,46 @@ fn results_table(data: &Dataset, runs: &[RunResult]) -> Table {
         t.row(
             &format!("  step {step}"),
             Fmt::Seconds,
-            per_run(&|r| r.tagged.step(step)),
+            per_run(&|r| r.large.tagged.step(step)),
         );
     }
     t.row(
         "  CPU time of exportd",
         Fmt::Seconds,
-        per_run(&|r| secs(r.tagged_cpu)),
+        per_run(&|r| secs(r.large.tagged_cpu)),
     );
     t.section("psql \\copy, tag-filtered (EXISTS on contact_tags)");
     t.row(
         "wall time",
         Fmt::Seconds,
-        per_run(&|r| secs(r.tagged_copy.wall)),
+        per_run(&|r| secs(r.large.tagged_copy.wall)),
     );
     t.row(
         "export / \\copy",
         Fmt::Ratio,
-        per_run(&|r| secs(r.tagged.wall) / secs(r.tagged_copy.wall)),
+        per_run(&|r| secs(r.large.tagged.wall) / secs(r.large.tagged_copy.wall)),
     );
 
     t.section("download of the full file");
     t.row(
         "DownloadExport (client, SHA-256 checked)",
         Fmt::Seconds,
-        per_run(&|r| secs(r.download)),
+        per_run(&|r| secs(r.large.download)),
     );
     t.row(
         "  MB/s",
         Fmt::Rate,
-        per_run(&|r| r.full.bytes as f64 / 1e6 / secs(r.download)),
+        per_run(&|r| r.large.full.bytes as f64 / 1e6 / secs(r.large.download)),
     );
     t.row(
         "std::fs::copy of the object",
         Fmt::Seconds,
-        per_run(&|r| secs(r.disk_copy)),
+        per_run(&|r| secs(r.large.disk_copy)),
     );
     t.row(
         "download / copy",
         Fmt::Ratio,
-        per_run(&|r| secs(r.download) / secs(r.disk_copy)),
+        per_run(&|r| secs(r.large.download) / secs(r.large.disk_copy)),
     );
 
     let small_rows = report::thousands(runs[0].small.rows);
@@ -503,7 +510,7 @@ fn results_table(data: &Dataset, runs: &[RunResult]) -> Table {
     t.row(
         &format!("{full_rows}-row export, MiB"),
         Fmt::Decimal,
-        per_run(&|r| mib(r.rss_large)),
+        per_run(&|r| mib(r.large.rss_large)),
     );
     t.row(
         &format!("{small_rows}-row export, MiB"),
@@ -513,7 +520,7 @@ fn results_table(data: &Dataset, runs: &[RunResult]) -> Table {
     t.row(
         "large / small",
         Fmt::Ratio,
-        per_run(&|r| r.rss_large as f64 / r.rss_small as f64),
+        per_run(&|r| r.large.rss_large as f64 / r.rss_small as f64),
     );
     t.row(
         &format!("  ({small_rows}-row export wall time)"),
@@ -525,22 +532,22 @@ fn results_table(data: &Dataset, runs: &[RunResult]) -> Table {
     t.row(
         "median, ms",
         Fmt::Decimal,
-        per_run(&|r| r.full.lag_percentile(50.0)),
+        per_run(&|r| r.large.full.lag_percentile(50.0)),
     );
     t.row(
         "p99, ms",
         Fmt::Decimal,
-        per_run(&|r| r.full.lag_percentile(99.0)),
+        per_run(&|r| r.large.full.lag_percentile(99.0)),
     );
     t.row(
         "max, ms",
         Fmt::Decimal,
-        per_run(&|r| r.full.lag_percentile(100.0)),
+        per_run(&|r| r.large.full.lag_percentile(100.0)),
     );
     t.row(
         "progress messages seen",
         Fmt::Count,
-        per_run(&|r| r.full.lags_ms.len() as f64),
+        per_run(&|r| r.large.full.lags_ms.len() as f64),
     );
     t
 }
@@ -553,37 +560,37 @@ fn targets(runs: &[RunResult]) -> Vec<report::Target> {
     vec![
         report::Target::at_most(
             "full export / \\copy",
-            median(&|r| secs(r.full.wall) / secs(r.full_copy.wall)),
+            median(&|r| secs(r.large.full.wall) / secs(r.large.full_copy.wall)),
             1.5,
             Fmt::Ratio,
         ),
         report::Target::at_most(
             "tag-filtered export / \\copy",
-            median(&|r| secs(r.tagged.wall) / secs(r.tagged_copy.wall)),
+            median(&|r| secs(r.large.tagged.wall) / secs(r.large.tagged_copy.wall)),
             2.0,
             Fmt::Ratio,
         ),
         report::Target::at_most(
             "peak RSS of the large export, MiB",
-            median(&|r| mib(r.rss_large)),
+            median(&|r| mib(r.large.rss_large)),
             100.0,
             Fmt::Decimal,
         ),
         report::Target::at_most(
             "peak RSS large / small",
-            median(&|r| r.rss_large as f64 / r.rss_small as f64),
+            median(&|r| r.large.rss_large as f64 / r.rss_small as f64),
             1.2,
             Fmt::Ratio,
         ),
         report::Target::below(
             "watch lag p99, ms",
-            median(&|r| r.full.lag_percentile(99.0)),
+            median(&|r| r.large.full.lag_percentile(99.0)),
             250.0,
             Fmt::Decimal,
         ),
         report::Target::at_most(
             "download / disk copy",
-            median(&|r| secs(r.download) / secs(r.disk_copy)),
+            median(&|r| secs(r.large.download) / secs(r.large.disk_copy)),
             3.0,
             Fmt::Ratio,
         ),

@@ -35,9 +35,9 @@
 //!   `-5`, `true`), `null` as an empty cell, an object or array as compact JSON. When the row's
 //!   `custom_fields` is not a JSON object at all, every custom cell is empty. Rows read from
 //!   the database hold the JSON text PostgreSQL gives for the jsonb value
-//!   ([`CustomRef::Text`]): numbers are written exactly as that text (`1.50` stays `1.50`; `1e400`, which jsonb
-//!   accepts, is its 401 digits; `-0.0` is `0.0`), the same text as `custom_fields->>'key'`,
-//!   and nested values keep jsonb's key order.
+//!   ([`CustomRef::Text`]): numbers are written exactly as that text (`1.50` stays `1.50`;
+//!   `1e400`, which jsonb accepts, is its 401 digits; `-0.0` is `0.0`), the same text as
+//!   `custom_fields->>'key'`, and nested values keep jsonb's key order.
 //!
 //! # Quoting
 //!
@@ -378,8 +378,8 @@ fn is_plain_number(s: &[u8]) -> bool {
 /// Encodes the header and rows into CSV chunks.
 ///
 /// Fields are written straight into one output buffer, reused across batches, so encoding
-/// allocates once per batch (the chunk handed out), not per row or cell. Chunks concatenate to the file:
-/// `encode_header()` once, then rows ([`CsvEncoder::encode_row`] or
+/// allocates once per batch (the chunk handed out), not per row or cell. Chunks concatenate
+/// to the file: `encode_header()` once, then rows ([`CsvEncoder::encode_row`] or
 /// [`CsvEncoder::encode_batch`]) with [`CsvEncoder::take_chunk`] after each batch.
 #[derive(Debug)]
 pub struct CsvEncoder {

@@ -3,8 +3,9 @@
 //! A `REPEATABLE READ READ ONLY` transaction on a dedicated connection runs the metadata query
 //! (row count and custom keys in one pass), then the stream reads the rows with one
 //! `COPY … TO STDOUT (FORMAT binary)` in the same transaction. Row count, custom keys and rows
-//! therefore describe the same data, whatever the CRM writes meanwhile. Dropping the [`Snapshot`] closes its connection and with it the
-//! transaction (and stops a `COPY` still running on it).
+//! therefore describe the same data, whatever the CRM writes meanwhile. Dropping the
+//! [`Snapshot`] closes its connection and with it the transaction (and stops a `COPY` still
+//! running on it).
 //!
 //! The owning connection is a plain `tokio-postgres` client, not diesel's: diesel-async has no
 //! `COPY`, and a `COPY` streams every row without the round trip per batch that a cursor's

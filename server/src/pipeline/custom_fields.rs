@@ -51,6 +51,7 @@ impl Span {
 /// bound keeps a hostile row far from the end of a worker's 2 MiB stack (a debug build
 /// overflowed below 10,000 levels); a deeper row fails its export with a read error instead
 /// of aborting the process.
+/// (The failure names the number: `Scanner::value` spells it out.)
 const MAX_DEPTH: u32 = 1_000;
 
 /// A value of a member, borrowed from the row.
@@ -75,7 +76,7 @@ impl fmt::Display for MalformedJson {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "malformed custom_fields JSON at byte {}: {}",
+            "its custom_fields JSON cannot be read at byte {}: {}",
             self.at, self.what
         )
     }
@@ -294,7 +295,7 @@ impl<'a> Scanner<'a> {
     /// A value; returns its kind, its span (a string's body) and whether a string is escaped.
     fn value(&mut self, depth: u32) -> Result<(Kind, (u32, u32), bool), MalformedJson> {
         if depth > MAX_DEPTH {
-            return self.fail("nested too deeply");
+            return self.fail("nested deeper than 1000 levels");
         }
         let start = self.i;
         let kind = match self.peek() {
@@ -553,5 +554,17 @@ mod nesting_limit {
         assert!(check_on_worker_sized_stack(nested(MAX_DEPTH as usize - 1)));
         assert!(!check_on_worker_sized_stack(nested(MAX_DEPTH as usize + 2)));
         assert!(!check_on_worker_sized_stack(nested(100_000)));
+        let err = locate(
+            &nested(MAX_DEPTH as usize + 2),
+            &[],
+            &mut Vec::new(),
+            &mut String::new(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(&format!("nested deeper than {MAX_DEPTH} levels")),
+            "{err}"
+        );
     }
 }

@@ -49,9 +49,8 @@ impl Span {
 
 /// Deepest nesting of a custom-field value the scanner follows. It recurses per level, so the
 /// bound keeps a hostile row far from the end of a worker's 2 MiB stack (a debug build
-/// overflowed below 10,000 levels); a deeper row fails its export with a read error instead
-/// of aborting the process.
-/// (The failure names the number: `Scanner::value` spells it out.)
+/// overflowed below 10,000 levels); a deeper row fails its export, naming the contact, instead
+/// of aborting the process. The message spells the number out (in `Scanner::value`).
 const MAX_DEPTH: u32 = 1_000;
 
 /// A value of a member, borrowed from the row.

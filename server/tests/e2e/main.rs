@@ -13,6 +13,7 @@ mod metrics;
 mod notifications;
 mod pki;
 mod quotas;
+mod s3;
 mod tls;
 mod tokens;
 mod watch_download;

@@ -20,6 +20,7 @@
 //! - [`app`]: wires it all into an [`app::Application`] that binds, serves and stops.
 //! - [`pg`], [`dev`]: a throwaway PostgreSQL and the CRM fixture for `exportd dev` and tests.
 //! - [`tokens`]: `exportd token create | list | revoke`, over [`auth`]'s queries.
+//! - [`logging`]: the binaries' log output.
 
 pub mod api;
 pub mod app;
@@ -29,6 +30,7 @@ pub mod db;
 pub mod dev;
 pub mod events;
 pub mod exports;
+pub mod logging;
 pub mod mail;
 pub mod metrics;
 pub mod pg;

@@ -69,13 +69,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Our own progress goes to stderr, the results to stdout; library logs only when asked.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    contact_export_server::logging::init("warn");
     let args = Args::parse();
 
     let exportd = match &args.exportd {

@@ -2,11 +2,13 @@
 //!
 //! Every insert or update of `exports` fires `NOTIFY export_changed, '<id>'` (a trigger, see
 //! `migrations/`), and a new or released job fires `export_queued`. Watchers of an export hold a
-//! [`tokio::sync::watch`] receiver of a change counter: it coalesces bursts for a slow watcher and
-//! never buffers more than one pending change. The runner also publishes its own changes
+//! [`tokio::sync::watch`] receiver of the number of its latest change (numbers grow across the
+//! process): it coalesces bursts for a slow watcher and never buffers more than one pending
+//! change, and lets watchers of the same change share one read of the row. The runner also publishes its own changes
 //! directly, so a watcher on the same replica does not wait for the round trip.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +29,11 @@ pub struct Events {
 
 #[derive(Default)]
 struct Inner {
+    /// Per export, the number of its latest change.
     watchers: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
+    /// Numbers changes across all exports, so that they only grow, even for an export whose
+    /// watchers all left and came back (its channel is then a new one).
+    last_change: AtomicU64,
     queued: Notify,
 }
 
@@ -39,11 +45,14 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Waits for the next change (or returns at once if one came since the last call).
-    pub async fn changed(&mut self) {
+    /// Waits for the next change (or returns at once if one came since the last call); returns
+    /// the change's number, which grows with every change of this export in this process and
+    /// is the same for every subscriber.
+    pub async fn changed(&mut self) -> u64 {
         // The sender lives in the map as long as any subscription does, so this cannot fail;
         // if it ever did, returning lets the caller re-read rather than hang.
         let _ = self.rx.changed().await;
+        *self.rx.borrow_and_update()
     }
 }
 
@@ -64,7 +73,9 @@ impl Events {
         let mut watchers = self.inner.watchers.lock().expect("watchers lock");
         let rx = watchers
             .entry(id)
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| {
+                watch::channel(AtomicU64::load(&self.inner.last_change, Ordering::SeqCst)).0
+            })
             .subscribe();
         Subscription {
             events: self.clone(),
@@ -76,14 +87,20 @@ impl Events {
     /// Tells this process's watchers of `id` that it changed.
     pub fn publish(&self, id: Uuid) {
         if let Some(tx) = self.inner.watchers.lock().expect("watchers lock").get(&id) {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+            let change = self.next_change();
+            tx.send_modify(|n| *n = (*n).max(change));
         }
     }
 
     fn publish_all(&self) {
+        let change = self.next_change();
         for tx in self.inner.watchers.lock().expect("watchers lock").values() {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+            tx.send_modify(|n| *n = (*n).max(change));
         }
+    }
+
+    fn next_change(&self) -> u64 {
+        self.inner.last_change.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Resolves when a job may have become claimable.

@@ -6,6 +6,7 @@
 mod auth;
 mod convert;
 mod download;
+mod shared_read;
 mod status;
 mod watch;
 
@@ -23,7 +24,8 @@ use tonic::{Request, Response, Status};
 
 use crate::db::{DbError, PgPool, PooledConn};
 use crate::events::Events;
-use crate::exports::{NewExport, repo};
+use crate::exports::{ExportRecord, NewExport, repo};
+use shared_read::SharedReads;
 
 pub use contact_export::v1::export_service_server::ExportServiceServer;
 
@@ -39,6 +41,8 @@ pub struct ExportApi {
     /// Ends open streams when the server stops, so that graceful shutdown does not wait for a
     /// long export's watchers.
     shutdown: CancellationToken,
+    /// One read per change for all the watchers of an export.
+    shared_reads: SharedReads<ExportRecord>,
 }
 
 impl ExportApi {
@@ -55,6 +59,7 @@ impl ExportApi {
             events,
             max_queued_exports,
             shutdown,
+            shared_reads: SharedReads::default(),
         }
     }
 

@@ -29,6 +29,7 @@ impl ExportApi {
     ) -> Result<Response<ResponseStream<Export>>, Status> {
         // Subscribe before the first read: a change between the two is then not missed.
         let mut changes = self.events.subscribe(id);
+        let shared = self.shared_reads.of(principal.workspace_id, id);
         let first = repo::get(&mut *self.conn().await?, principal.workspace_id, id).await?;
         let (tx, rx) = mpsc::channel(BUFFER);
         let api = self.clone();
@@ -48,20 +49,26 @@ impl ExportApi {
                 if record.status().is_terminal() {
                     return;
                 }
-                tokio::select! {
-                    _ = changes.changed() => {}
-                    _ = tokio::time::sleep(REREAD_EVERY) => {}
+                // A change is read once for all of this export's watchers here; the periodic
+                // re-read is each watcher's own.
+                let change = tokio::select! {
+                    change = changes.changed() => Some(change),
+                    _ = tokio::time::sleep(REREAD_EVERY) => None,
                     _ = tx.closed() => return,
                     _ = api.shutdown.cancelled() => {
                         let _ = tx.send(Err(Status::unavailable("server shutting down; watch again"))).await;
                         return;
                     }
-                }
-                let read = match api.conn().await {
+                };
+                let read = async || match api.conn().await {
                     Ok(mut conn) => repo::get(&mut conn, principal.workspace_id, id)
                         .await
                         .map_err(Status::from),
                     Err(status) => Err(status),
+                };
+                let read = match change {
+                    Some(change) => shared.at_least(change, read).await,
+                    None => read().await,
                 };
                 match read {
                     Ok(r) => record = r,

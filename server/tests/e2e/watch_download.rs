@@ -189,3 +189,54 @@ async fn an_unfinished_export_cannot_be_downloaded() {
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("PENDING"), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_watchers_of_one_export_each_follow_it_to_the_end() {
+    // Watchers on an API-only replica share one read per change (see `api::shared_read`);
+    // each still sees its own complete, ordered sequence.
+    let api = TestApp::spawn_with(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await;
+    let contacts: Vec<Contact> = (1..=200).map(Contact::numbered).collect();
+    api.ws.insert(&api.db, &contacts).await;
+    let created = api.ws.client.create(all_contacts()).await.unwrap();
+    let mut watchers = Vec::new();
+    for _ in 0..12 {
+        let client = api.ws.client.clone();
+        let id = created.id.clone();
+        let watch = client.watch(&id).await.unwrap();
+        watchers.push(tokio::spawn(async move {
+            within(
+                "a watcher to see the end",
+                watch.map(Result::unwrap).collect::<Vec<_>>(),
+            )
+            .await
+        }));
+    }
+    let _worker = TestApp::spawn_on(
+        super::harness::TestDb {
+            url: api.db.url.clone(),
+        },
+        AppOptions {
+            batch_size: 7,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    for watcher in watchers {
+        let seen = watcher.await.unwrap();
+        assert_eq!(seen[0].status(), ExportStatus::Pending, "{seen:#?}");
+        let last = seen.last().unwrap();
+        assert_eq!(last.status(), ExportStatus::Completed, "{seen:#?}");
+        assert_eq!((last.processed_rows, last.total_rows), (200, 200));
+        for pair in seen.windows(2) {
+            assert_ne!(pair[0], pair[1], "no message repeats the previous state");
+            assert!(
+                pair[1].processed_rows >= pair[0].processed_rows,
+                "{seen:#?}"
+            );
+        }
+    }
+}

@@ -4,8 +4,9 @@
 //! `migrations/`), and a new or released job fires `export_queued`. Watchers of an export hold a
 //! [`tokio::sync::watch`] receiver of the number of its latest change (numbers grow across the
 //! process): it coalesces bursts for a slow watcher and never buffers more than one pending
-//! change, and lets watchers of the same change share one read of the row. The runner also publishes its own changes
-//! directly, so a watcher on the same replica does not wait for the round trip.
+//! change, and lets watchers of the same change share one read of the row. The runner also
+//! publishes its own changes directly, so a watcher on the same replica does not wait for the
+//! round trip.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -14,6 +14,7 @@ mod notifications;
 mod pki;
 mod quotas;
 mod s3;
+mod s3_peer;
 mod tls;
 mod tokens;
 mod watch_download;

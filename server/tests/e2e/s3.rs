@@ -1,100 +1,16 @@
-//! Exports into a real S3 API: moto's server (PyPI `moto[server]`, which `.ci/run` installs)
-//! on loopback, through OpenDAL's S3 service as `exportd serve --storage s3://…` uses it.
-
-use std::net::TcpListener;
-use std::process::Stdio;
-use std::time::Duration;
+//! Exports into a real S3 API: the in-process S3 server of [`super::s3_peer`] (s3s, which
+//! checks every request's SigV4 signature), through OpenDAL's S3 service as
+//! `exportd serve --storage s3://…` uses it.
 
 use contact_export_client::ExportStatus;
 use diesel_async::RunQueryDsl;
-use opendal::Operator;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
-use super::harness::{AppOptions, TestApp, within};
+use super::fixture::Contact;
+use super::harness::{AppOptions, TestApp};
+use super::s3_peer::S3Peer;
 use super::{all_contacts, download_all, run_export};
 
 const BUCKET: &str = "exports";
-
-/// A `python3 -m moto.server` child, killed when dropped.
-struct S3Peer {
-    child: Child,
-    endpoint: String,
-}
-
-impl S3Peer {
-    async fn start() -> S3Peer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 not found (the S3 peer is moto's server)");
-        let mut peer = S3Peer {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        within("moto's server to create the bucket", async {
-            while peer.request("PUT", &format!("/{BUCKET}")).await != Some(200) {
-                if let Ok(Some(status)) = peer.child.try_wait() {
-                    panic!(
-                        "moto's server exited ({status}): install it with \
-                         `pip install 'moto[server]==5.2.1'` (.ci/run does)"
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
-        peer
-    }
-
-    /// One plain HTTP request (moto does not check signatures); the status code, or `None`
-    /// while nothing listens.
-    async fn request(&self, method: &str, path: &str) -> Option<u16> {
-        let addr = self.endpoint.trim_start_matches("http://");
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\
-             Connection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        let status = String::from_utf8_lossy(&response);
-        status.split_whitespace().nth(1)?.parse().ok()
-    }
-
-    /// The bucket through OpenDAL, as the service is configured for S3.
-    fn operator(&self) -> Operator {
-        Operator::via_iter(
-            "s3",
-            [
-                ("bucket", BUCKET),
-                ("endpoint", self.endpoint.as_str()),
-                ("region", "us-east-1"),
-                ("access_key_id", "test"),
-                ("secret_access_key", "test"),
-                ("disable_config_load", "true"),
-            ]
-            .map(|(k, v)| (k.to_owned(), v.to_owned())),
-        )
-        .expect("an S3 operator")
-    }
-}
 
 /// About 12 MB of CSV: one 8 MiB part and the rest at close.
 async fn insert_contacts(app: &TestApp) {
@@ -111,7 +27,7 @@ async fn insert_contacts(app: &TestApp) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_export_is_uploaded_to_s3_in_parts_and_downloads_whole() {
-    let s3 = S3Peer::start().await;
+    let s3 = S3Peer::start(BUCKET).await;
     let options = || AppOptions {
         batch_size: 500,
         ..AppOptions::default()
@@ -139,6 +55,8 @@ async fn a_large_export_is_uploaded_to_s3_in_parts_and_downloads_whole() {
         etag.trim_matches('"').ends_with("-2"),
         "uploaded in two parts: {etag}"
     );
+    assert_eq!(s3.objects(), std::slice::from_ref(&key), "one object, nothing else");
+    assert_eq!(s3.unfinished_uploads(), 0);
 
     // Size and SHA-256 checked by the client against what the stream recorded, and the bytes
     // are those of the same contacts exported into memory storage.
@@ -151,4 +69,23 @@ async fn a_large_export_is_uploaded_to_s3_in_parts_and_downloads_whole() {
         from_s3,
         download_all(&in_memory.ws.client, &reference.id).await
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_refused_by_the_s3_peer_and_the_export_fails_cleanly() {
+    let s3 = S3Peer::start(BUCKET).await;
+    let app = TestApp::spawn_with(AppOptions {
+        storage: s3.operator_with_secret("not-the-secret"),
+        ..AppOptions::default()
+    })
+    .await;
+    let contacts: Vec<Contact> = (1..=20).map(Contact::numbered).collect();
+    app.ws.insert(&app.db, &contacts).await;
+    let export = run_export(&app.ws.client, all_contacts()).await;
+    assert_eq!(export.status(), ExportStatus::Failed, "{export:?}");
+    assert_eq!(
+        export.error_message,
+        "writing the export file to storage failed"
+    );
+    assert!(s3.objects().is_empty(), "{:?}", s3.objects());
 }

@@ -84,13 +84,7 @@ impl Download {
             });
         }
         if let Some(hasher) = hasher {
-            let actual = hex::encode(hasher.finalize());
-            if !actual.eq_ignore_ascii_case(&self.metadata.sha256) {
-                return Err(ClientError::ChecksumMismatch {
-                    expected: self.metadata.sha256,
-                    actual,
-                });
-            }
+            crate::receive::verify(hasher, &self.metadata, None)?;
         }
         Ok(written)
     }
@@ -260,7 +254,11 @@ mod tests {
         let dl = download(metadata(FILE.len(), sha(FILE)), 0, 0, chunked(&bad, 10));
         let err = dl.write_to(&mut Vec::new(), |_, _| {}).await.unwrap_err();
         match err {
-            ClientError::ChecksumMismatch { expected, actual } => {
+            ClientError::ChecksumMismatch {
+                expected,
+                actual,
+                restarted_after: None,
+            } => {
                 assert_eq!(expected, sha(FILE));
                 assert_eq!(actual, sha(&bad));
             }

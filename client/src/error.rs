@@ -34,13 +34,27 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     /// The downloaded file does not hash to the SHA-256 the server announced.
     #[error(
-        "checksum mismatch: the server announced sha256 {expected}, the received bytes hash to {actual}"
+        "checksum mismatch: the server announced sha256 {expected}, the received bytes hash to \
+         {actual}{}",
+        restarted_note(*.restarted_after)
     )]
     ChecksumMismatch {
         /// SHA-256 from the download's metadata (lower-case hex).
         expected: String,
         /// SHA-256 of the bytes received (lower-case hex).
         actual: String,
+        /// Set when a resumed download did not verify and this was the download from byte
+        /// 0 that followed: the bytes that had been on disk (thrown away).
+        restarted_after: Option<u64>,
+    },
+    /// A download that was opened again after a cut found another file than before (another
+    /// size or SHA-256).
+    #[error("the export's file changed during the download (sha256 {before}, now {now})")]
+    FileChanged {
+        /// SHA-256 announced by the first stream.
+        before: String,
+        /// SHA-256 announced by the stream opened again.
+        now: String,
     },
     /// The stream ended with fewer (or more) bytes than the requested range holds.
     #[error("size mismatch: expected {expected} bytes, received {actual}")]
@@ -67,6 +81,21 @@ impl ClientError {
             Self::Status(status) => Some(status),
             _ => None,
         }
+    }
+
+    /// The gRPC code, when this error is an RPC error (`NOT_FOUND`, `FAILED_PRECONDITION`…).
+    pub fn code(&self) -> Option<Code> {
+        self.status().map(Status::code)
+    }
+}
+
+fn restarted_note(restarted_after: Option<u64>) -> String {
+    match restarted_after {
+        None => String::new(),
+        Some(bytes) => format!(
+            " (the {bytes} bytes of an earlier, interrupted download were not the start of \
+             this file, so it was downloaded again from byte 0, and that did not verify either)"
+        ),
     }
 }
 

@@ -1,28 +1,104 @@
-//! Typed async client for the Contact Export gRPC service.
+//! Typed async client for the Contact Export gRPC service, `contactexport.v1.ExportService`.
 //!
 //! [`ExportClient`] wraps the generated `ExportServiceClient`: it sends the bearer token with
-//! every request, follows page tokens, checks the download stream's shape and verifies the
-//! downloaded file's SHA-256.
+//! every request, follows page tokens, checks the download stream's shape, verifies the
+//! downloaded file's size and SHA-256, and resumes a download that was cut off.
+//!
+//! # Connect
+//!
+//! `http://` speaks plaintext, `https://` TLS (trusting the Mozilla roots built in; see
+//! [`ClientTls`] for a private CA or a client certificate). The token goes out as
+//! `authorization: Bearer <token>` on every call.
+//!
+//! ```no_run
+//! use contact_export_client::ExportClient;
+//!
+//! # async fn example() -> Result<(), contact_export_client::ClientError> {
+//! let client = ExportClient::connect("http://127.0.0.1:50051", "cex_…").await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Create an export and watch it
+//!
+//! [`ExportClient::create`] returns at once with status PENDING; [`ExportClient::watch`] is a
+//! [`Stream`] of the export's states: the current one first, then one per change, ending
+//! after a terminal status.
 //!
 //! ```no_run
 //! use contact_export_client::{CreateExportRequest, ExportClient, ExportStatus};
+//! use futures::StreamExt as _;
 //!
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = ExportClient::connect("http://127.0.0.1:50051", "my-api-token").await?;
-//!
+//! # async fn example(client: ExportClient) -> Result<(), tonic::Status> {
 //! let export = client
-//!     .create(CreateExportRequest { filename: "all-contacts".into(), ..Default::default() })
+//!     .create(CreateExportRequest {
+//!         filename: "customers".into(),
+//!         tag_ids: vec!["de300000-0000-4000-8000-000000000101".into()],
+//!         ..Default::default()
+//!     })
 //!     .await?;
 //!
-//! // Progress arrives as a stream; it ends after a terminal status.
+//! let mut states = client.watch(&export.id).await?;
+//! while let Some(state) = states.next().await {
+//!     let state = state?;
+//!     println!("{:?}: {}/{} rows", state.status(), state.processed_rows, state.total_rows);
+//! }
+//!
+//! // Or simply wait for the end.
 //! let done = client.wait(&export.id).await?;
 //! assert_eq!(done.status(), ExportStatus::Completed);
+//! # Ok(())
+//! # }
+//! ```
 //!
-//! let mut file = tokio::fs::File::create("all-contacts.csv").await?;
-//! let metadata = client
-//!     .download_to(&export.id, &mut file, |done, total| eprintln!("{done}/{total} bytes"))
+//! # Download, resumably
+//!
+//! [`ExportClient::download_file`] writes a partial file beside the target and renames it
+//! into place once the whole file hashes to the SHA-256 the server announced. A cut
+//! connection or an UNAVAILABLE server is retried at the byte reached ([`RetryPolicy`]); a
+//! download that stopped half-way (even in another process) goes on from the partial file
+//! the next time; a target that already is the whole file is verified and left alone.
+//!
+//! ```no_run
+//! use contact_export_client::{ExportClient, Saved};
+//!
+//! # async fn example(client: ExportClient, id: &str) -> Result<(), contact_export_client::ClientError> {
+//! let saved = client
+//!     .download_file(id, "customers.csv", |done, total| eprintln!("{done}/{total} bytes"))
 //!     .await?;
-//! println!("{} ({} bytes, sha256 {})", metadata.filename, metadata.size_bytes, metadata.sha256);
+//! if let Saved::Resumed { from } = saved.how {
+//!     eprintln!("resumed at byte {from}");
+//! }
+//! println!("{} ({} bytes, sha256 {})", saved.path.display(), saved.metadata.size_bytes, saved.metadata.sha256);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`ExportClient::download_to`] does the same into any [`AsyncWrite`] (retries included, no
+//! resume across calls), and [`ExportClient::download`] hands out the raw stream of a byte
+//! range.
+//!
+//! # Errors
+//!
+//! RPCs return [`tonic::Status`]; calls that also connect, write files or verify bytes return
+//! [`ClientError`], which keeps the gRPC code of a server's answer
+//! ([`ClientError::code`]) beside its own failures (checksum, size, I/O, connection).
+//!
+//! ```no_run
+//! use contact_export_client::{ClientError, ExportClient};
+//! use tonic::Code;
+//!
+//! # async fn example(client: ExportClient, id: &str) -> Result<(), ClientError> {
+//! match client.download_file(id, "out.csv", |_, _| {}).await {
+//!     Ok(saved) => println!("saved {}", saved.path.display()),
+//!     // Not finished yet: watch it, then try again.
+//!     Err(e) if e.code() == Some(Code::FailedPrecondition) => eprintln!("not ready: {e}"),
+//!     Err(e) if e.code() == Some(Code::NotFound) => eprintln!("no such export"),
+//!     Err(ClientError::ChecksumMismatch { expected, actual, .. }) => {
+//!         eprintln!("corrupt download: expected {expected}, got {actual}")
+//!     }
+//!     Err(e) => return Err(e),
+//! }
 //! # Ok(())
 //! # }
 //! ```
@@ -30,8 +106,12 @@
 mod auth;
 mod download;
 mod error;
+mod receive;
+mod retry;
+mod save;
 mod tls;
 
+use std::path::Path;
 use std::time::Duration;
 
 use contact_export::v1::export_service_client::ExportServiceClient;
@@ -52,6 +132,8 @@ pub use contact_export::v1::{
 };
 pub use download::Download;
 pub use error::{ClientError, code_name};
+pub use retry::{RetryPolicy, is_retryable};
+pub use save::{Saved, SavedFile, partial_path, target_path};
 pub use tls::ClientTls;
 
 /// The generated client with [`BearerAuth`] in front, as [`ExportClient::raw`] returns it.
@@ -67,6 +149,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct ExportClient {
     inner: AuthedServiceClient,
+    /// How downloads recover from a cut connection.
+    retry: RetryPolicy,
 }
 
 /// Whether an export has reached a status it never leaves.
@@ -120,7 +204,15 @@ impl ExportClient {
     fn with_auth(channel: Channel, auth: BearerAuth) -> Self {
         Self {
             inner: ExportServiceClient::with_interceptor(channel, auth),
+            retry: RetryPolicy::default(),
         }
+    }
+
+    /// The same client with another [`RetryPolicy`] for its downloads
+    /// ([`RetryPolicy::NEVER`] to fail at the first cut).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// The generated client underneath (with the token attached), for requests this wrapper
@@ -243,22 +335,53 @@ impl ExportClient {
 
     /// Downloads the whole file into `writer`, verifying its size and SHA-256.
     ///
-    /// `progress(bytes_so_far, total_bytes)` is called after each chunk. On error the writer
-    /// may hold a partial file (see [`Download::write_to`]); write to a temporary file and
-    /// move it into place on success.
+    /// A cut connection or an UNAVAILABLE server is retried as the client's [`RetryPolicy`]
+    /// says, from the byte reached. `progress(bytes_so_far, total_bytes)` is called after each
+    /// chunk. On error the writer may hold a partial file: to resume across calls and rename
+    /// into place only when verified, use [`ExportClient::download_file`].
     pub async fn download_to<W>(
         &self,
         id: impl Into<String>,
         writer: &mut W,
-        progress: impl FnMut(u64, u64),
+        mut progress: impl FnMut(u64, u64),
     ) -> Result<ExportFileMetadata, ClientError>
     where
         W: AsyncWrite + Unpin + ?Sized,
     {
-        let download = self.download(id, 0, 0).await?;
+        let id = id.into();
+        let mut receiver = receive::Receiver::new(self, &id);
+        let download = receiver.open(0).await?;
         let metadata = download.metadata.clone();
-        download.write_to(writer, progress).await?;
+        let mut hasher = sha2::Sha256::default();
+        receiver
+            .receive(download, 0, writer, &mut hasher, &mut progress)
+            .await?;
+        receive::verify(hasher, &metadata, None)?;
         Ok(metadata)
+    }
+
+    /// Downloads the whole file into `output` (a file, or an existing directory to save under
+    /// the export's file name), resuming an earlier download that stopped half-way.
+    ///
+    /// The bytes go to a partial file beside the target ([`partial_path`]), renamed over the
+    /// target once size and SHA-256 check out; until then the target is untouched. A partial
+    /// file from an earlier call (or a target shorter than the export) is taken as the start
+    /// of the file and the download goes on from its end; if the whole then does not verify,
+    /// it starts over from byte 0 once, and only then fails
+    /// ([`ClientError::ChecksumMismatch`] with `restarted_after`). A target that already is
+    /// the whole export is verified and left alone ([`Saved::AlreadyComplete`]). A target
+    /// that is not a regular file (`/dev/null`, a FIFO) is written into directly.
+    ///
+    /// Cut connections are retried as for [`ExportClient::download_to`]; when the retries run
+    /// out, the partial file stays for the next call. `progress(bytes_so_far, total_bytes)`
+    /// counts from the start of the file.
+    pub async fn download_file(
+        &self,
+        id: impl Into<String>,
+        output: impl AsRef<Path>,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<SavedFile, ClientError> {
+        save::download_file(self, &id.into(), output.as_ref(), progress).await
     }
 }
 

@@ -5,6 +5,9 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use contact_export::v1::download_export_response::Payload;
 use contact_export::v1::export_service_server::{ExportService, ExportServiceServer};
@@ -14,7 +17,7 @@ use contact_export::v1::{
 };
 use contact_export_client::{
     ClientError, CreateExportRequest, Export, ExportClient, ExportFileMetadata, ExportStatus,
-    ListExportsResponse,
+    ListExportsResponse, RetryPolicy, Saved,
 };
 use futures::{Stream, StreamExt, stream};
 use sha2::{Digest, Sha256};
@@ -28,7 +31,15 @@ const EXPORTS: usize = 5;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-struct Fake;
+/// What the fake was asked to download: (id, read_offset) per `DownloadExport` call.
+type DownloadLog = Arc<Mutex<Vec<(String, i64)>>>;
+
+#[derive(Default)]
+struct Fake {
+    downloads: DownloadLog,
+    /// Set once a download of `stall` has stalled: later ones are served whole.
+    stalled: AtomicBool,
+}
 
 fn check_auth<T>(request: &Request<T>) -> Result<(), Status> {
     match request.metadata().get("authorization").map(|v| v.to_str()) {
@@ -55,7 +66,7 @@ fn export(id: &str, status: ExportStatus, processed: i64) -> Export {
 
 fn lookup(id: &str) -> Result<Export, Status> {
     match id {
-        "done" | "corrupt" | "data-first" | "meta-twice" => {
+        "done" | "corrupt" | "data-first" | "meta-twice" | "flaky" | "down" | "stall" => {
             Ok(export(id, ExportStatus::Completed, 3))
         }
         "failing" => Ok(export(id, ExportStatus::Failed, 1)),
@@ -141,7 +152,14 @@ impl ExportService for Fake {
     ) -> Result<Response<Self::DownloadExportStream>, Status> {
         check_auth(&request)?;
         let request = request.into_inner();
+        self.downloads
+            .lock()
+            .unwrap()
+            .push((request.id.clone(), request.read_offset));
         lookup(&request.id)?;
+        if request.id == "down" {
+            return Err(Status::unavailable("server shutting down"));
+        }
         let metadata = ExportFileMetadata {
             filename: "contacts.csv".into(),
             size_bytes: FILE.len() as i64,
@@ -175,7 +193,24 @@ impl ExportService for Fake {
             }
             _ => messages.insert(0, meta(&metadata)),
         }
-        let mut response = Response::new(stream::iter(messages.into_iter().map(Ok)).boxed());
+        let mut items: Vec<Result<DownloadExportResponse, Status>> =
+            messages.into_iter().map(Ok).collect();
+        let body_stream = match request.id.as_str() {
+            // The first stream of `flaky` is cut after two chunks, as a dropped connection
+            // would be; the next one from the byte reached is served whole.
+            "flaky" if request.read_offset == 0 => {
+                items.truncate(3);
+                items.push(Err(Status::unavailable("connection cut")));
+                stream::iter(items).boxed()
+            }
+            // The first stream of `stall` sends two chunks and then nothing, for ever.
+            "stall" if !self.stalled.swap(true, Ordering::SeqCst) => {
+                items.truncate(3);
+                stream::iter(items).chain(stream::pending()).boxed()
+            }
+            _ => stream::iter(items).boxed(),
+        };
+        let mut response = Response::new(body_stream);
         response.metadata_mut().insert(
             "content-disposition",
             "attachment; filename=\"contacts.csv\"".parse().unwrap(),
@@ -195,14 +230,21 @@ impl ExportService for Fake {
 }
 
 async fn start() -> SocketAddr {
+    start_logged().await.0
+}
+
+/// The fake, and the log of the downloads it was asked for.
+async fn start_logged() -> (SocketAddr, DownloadLog) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let fake = Fake::default();
+    let log = fake.downloads.clone();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(ExportServiceServer::new(Fake))
+            .add_service(ExportServiceServer::new(fake))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    addr
+    (addr, log)
 }
 
 async fn client(addr: SocketAddr) -> ExportClient {
@@ -452,4 +494,250 @@ async fn cli_create_sends_the_csv_options() {
     let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(json["delimiter"], "CSV_DELIMITER_UNSPECIFIED");
     assert_eq!(json["line_ending"], "LINE_ENDING_UNSPECIFIED");
+}
+
+/// The offsets the fake was asked to download `id` from, in order.
+fn offsets(log: &DownloadLog, id: &str) -> Vec<i64> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|(asked, _)| asked == id)
+        .map(|(_, offset)| *offset)
+        .collect()
+}
+
+/// Retries without the default pauses, so the tests do not wait.
+fn quick_retries() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 3,
+        first_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    }
+}
+
+/// Files in `dir` (the target and any partial file).
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn download_file_resumes_a_partial_file_at_its_end() {
+    let (addr, log) = start_logged().await;
+    let client = client(addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out.csv");
+    let partial = contact_export_client::partial_path(&target, "done");
+    std::fs::write(&partial, &FILE[..20]).unwrap();
+
+    let mut seen = Vec::new();
+    let saved = client
+        .download_file("done", &target, |done, total| seen.push((done, total)))
+        .await
+        .unwrap();
+    assert_eq!(saved.how, Saved::Resumed { from: 20 });
+    assert_eq!(saved.received, FILE.len() as u64 - 20);
+    assert_eq!(std::fs::read(&target).unwrap(), FILE);
+    assert_eq!(
+        files_in(dir.path()),
+        ["out.csv"],
+        "the partial file became the target"
+    );
+    // One call to learn the file, one from the first byte missing.
+    assert_eq!(offsets(&log, "done"), [0, 20]);
+    assert_eq!(seen.first(), Some(&(20, FILE.len() as u64)));
+    assert_eq!(seen.last(), Some(&(FILE.len() as u64, FILE.len() as u64)));
+}
+
+#[tokio::test]
+async fn a_target_that_is_the_whole_export_is_verified_and_left_alone() {
+    let (addr, log) = start_logged().await;
+    let client = client(addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out.csv");
+    std::fs::write(&target, FILE).unwrap();
+    let before = std::fs::metadata(&target).unwrap().modified().unwrap();
+
+    let saved = client
+        .download_file("done", &target, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((saved.how, saved.received), (Saved::AlreadyComplete, 0));
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().modified().unwrap(),
+        before
+    );
+    assert_eq!(offsets(&log, "done"), [0]);
+
+    // A target of the same size that is something else is replaced by the export.
+    let mut other = FILE.to_vec();
+    other[5] ^= 1;
+    std::fs::write(&target, &other).unwrap();
+    let saved = client
+        .download_file("done", &target, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(saved.how, Saved::Downloaded);
+    assert_eq!(std::fs::read(&target).unwrap(), FILE);
+}
+
+#[tokio::test]
+async fn a_partial_file_that_is_not_a_prefix_is_downloaded_again_once() {
+    let (addr, log) = start_logged().await;
+    let client = client(addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out.csv");
+    // A shorter target written by something else is taken as the start of the file, and
+    // found not to be.
+    std::fs::write(&target, b"not the start of it").unwrap();
+
+    let saved = client
+        .download_file("done", &target, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(saved.how, Saved::Restarted { discarded: 19 });
+    assert_eq!(std::fs::read(&target).unwrap(), FILE);
+    assert_eq!(files_in(dir.path()), ["out.csv"]);
+    assert_eq!(offsets(&log, "done"), [0, 19, 0]);
+
+    // When the fresh download does not verify either, it fails saying so, and keeps nothing.
+    let other = dir.path().join("other.csv");
+    let partial = contact_export_client::partial_path(&other, "corrupt");
+    std::fs::write(&partial, &FILE[..30]).unwrap();
+    let err = client
+        .download_file("corrupt", &other, |_, _| {})
+        .await
+        .unwrap_err();
+    match &err {
+        ClientError::ChecksumMismatch {
+            restarted_after: Some(30),
+            ..
+        } => {}
+        other => panic!("expected a checksum mismatch after a restart, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("downloaded again from byte 0"),
+        "{err}"
+    );
+    assert_eq!(
+        files_in(dir.path()),
+        ["out.csv"],
+        "the bad partial file is gone"
+    );
+    assert!(!other.exists(), "nothing unverified reaches the target");
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_way_is_opened_again_at_the_byte_reached() {
+    let (addr, log) = start_logged().await;
+    let client = client(addr).await.with_retry(quick_retries());
+    let mut out = Vec::new();
+    client
+        .download_to("flaky", &mut out, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(out, FILE);
+    // Two chunks of ten bytes arrived before the cut.
+    assert_eq!(offsets(&log, "flaky"), [0, 20]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let saved = client
+        .download_file("flaky", dir.path(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(saved.path, dir.path().join("contacts.csv"));
+    assert_eq!(saved.how, Saved::Downloaded);
+    assert_eq!(std::fs::read(&saved.path).unwrap(), FILE);
+}
+
+#[tokio::test]
+async fn retries_run_out_on_a_server_that_stays_unavailable() {
+    let (addr, log) = start_logged().await;
+    let client = client(addr).await.with_retry(quick_retries());
+    let err = client
+        .download_to("down", &mut Vec::new(), |_, _| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::Unavailable), "{err:?}");
+    assert_eq!(offsets(&log, "down").len(), 3, "the policy's three tries");
+
+    // An answer that would be the same again is not retried.
+    let err = client
+        .download_to("nope", &mut Vec::new(), |_, _| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound));
+    assert_eq!(offsets(&log, "nope").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_download_killed_half_way_resumes_when_run_again() {
+    let (addr, log) = start_logged().await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out.csv");
+    let partial = contact_export_client::partial_path(&target, "stall");
+
+    // The first stream stalls after 20 bytes: the process is killed while it waits for more.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_exportctl"))
+        .args(["download", "stall", "-o"])
+        .arg(&target)
+        .env("EXPORT_ADDR", format!("http://{addr}"))
+        .env("EXPORT_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 20 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the first 20 bytes reach the partial file");
+    child.kill().await.unwrap();
+    assert!(
+        !target.exists(),
+        "nothing at the target before the file is whole"
+    );
+
+    let (code, out, err) =
+        exportctl(addr, &["download", "stall", "-o", target.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("sha256 verified (resumed at byte 20)"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), FILE);
+    assert_eq!(offsets(&log, "stall"), [0, 0, 20]);
+    assert_eq!(files_in(dir.path()), ["out.csv"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_create_watch_download_in_one_command() {
+    let addr = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("mine.csv");
+    let (code, out, err) =
+        exportctl(addr, &["create", "--download", target.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("created export done"), "{err}");
+    assert!(out.contains("COMPLETED"), "the watch's final state: {out}");
+    assert!(
+        out.contains(&format!(
+            "{}: {} bytes, sha256 verified",
+            target.display(),
+            FILE.len()
+        )),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), FILE);
+
+    // An export that does not complete is not downloaded, and says why.
+    let (code, _, err) = exportctl(addr, &["watch", "failing"]).await;
+    assert_eq!(code, 1, "{err}");
 }

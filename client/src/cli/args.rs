@@ -23,7 +23,7 @@ pub struct Cli {
     )]
     pub addr: String,
 
-    /// API token, sent as `authorization: Bearer <token>` [required].
+    /// API token, sent as `authorization: Bearer <token>` (required).
     // Optional for clap (a global argument cannot be required), checked in `run`.
     #[arg(long, global = true, env = "EXPORT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -74,7 +74,8 @@ pub enum Command {
         /// Export id.
         id: String,
     },
-    /// Download a finished export's file (written to a temporary file, then renamed).
+    /// Download a finished export's file: written beside the target, verified, then renamed
+    /// into place; an interrupted download goes on where it stopped when run again.
     Download(DownloadArgs),
     /// Ask the server to cancel an export.
     Cancel {
@@ -109,6 +110,9 @@ pub struct CreateArgs {
     /// Then follow it like `watch`.
     #[arg(long)]
     pub watch: bool,
+    /// Then, once it COMPLETED, download it like `download -o FILE` (implies --watch).
+    #[arg(long, value_name = "FILE")]
+    pub download: Option<PathBuf>,
 }
 
 /// `--delimiter` values.
@@ -156,7 +160,7 @@ pub struct DownloadArgs {
     /// readable by its owner only.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
-    /// First byte to download.
+    /// First byte to download (a byte range is neither resumed nor checksummed).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub offset: u64,
     /// At most this many bytes (0: to the end). The SHA-256 is only checked for a whole file.
@@ -230,6 +234,18 @@ mod tests {
             );
         }
         assert!(create(&["--delimiter", ";"]).is_err());
+    }
+
+    #[test]
+    fn create_can_download_in_the_same_command() {
+        let cli = Cli::try_parse_from(["exportctl", "create", "--download", "out.csv"]).unwrap();
+        match cli.command {
+            Command::Create(args) => {
+                assert_eq!(args.download, Some(PathBuf::from("out.csv")));
+                assert!(!args.watch, "--download implies --watch without setting it");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,19 +1,20 @@
 //! One function per subcommand.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::CommandFactory;
 use contact_export_client::{
     ClientError, ClientTls, CreateExportRequest, CsvOptions, Export, ExportClient, ExportStatus,
-    LineEnding, is_terminal,
+    LineEnding, Saved, is_terminal, target_path,
 };
 use futures::StreamExt;
 
 use super::args::{Cli, Command, CreateArgs, Delimiter, DownloadArgs, ListArgs};
 use super::output::{download_json, print_export, print_exports, short_status};
 use super::progress::{BytesBar, RowsBar};
-use super::save::{PendingFile, target_path};
+use super::save::PendingFile;
 
 /// Connects and runs the chosen subcommand.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -86,14 +87,20 @@ async fn create(client: &ExportClient, args: CreateArgs, json: bool) -> anyhow::
         csv_options,
     };
     let export = client.create(request).await?;
-    if !args.watch {
+    if !args.watch && args.download.is_none() {
         print_export(&export, json);
         return Ok(ExitCode::SUCCESS);
     }
     if !json {
         eprintln!("created export {}", export.id);
     }
-    watch(client, &export.id, json).await
+    let watched = watch(client, &export.id, json).await?;
+    match args.download {
+        Some(output) if watched == ExitCode::SUCCESS => {
+            save_file(client, &export.id, &output, json).await
+        }
+        _ => Ok(watched),
+    }
 }
 
 /// The CSV options of `create`; none (the server's defaults) when no flag asks for others.
@@ -182,24 +189,27 @@ async fn follow(
     Ok(last)
 }
 
-/// Downloads into a temporary file beside the target and renames it once complete.
+/// A whole file is saved resumably and verified; a byte range goes to a temporary file beside
+/// the target, renamed once complete.
 async fn download(
     client: &ExportClient,
     args: DownloadArgs,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    if args.offset == 0 && args.limit == 0 {
+        return save_file(client, &args.id, &args.output, json).await;
+    }
     let offset = i64::try_from(args.offset).context("--offset is too large")?;
     let limit = i64::try_from(args.limit).context("--limit is too large")?;
     let download = client.download(args.id, offset, limit).await?;
     let metadata = download.metadata.clone();
-    let verified = download.is_full();
     let target = target_path(&args.output, &metadata.filename);
     let mut pending = PendingFile::create(&target)
         .with_context(|| format!("cannot create a file next to {}", target.display()))?;
 
     let bar = BytesBar::new(download.expected_len());
     let written = tokio::select! {
-        written = download.write_to(pending.file(), |done, _| bar.set(done)) => written,
+        written = download.write_to(pending.file(), |done, total| bar.set(done, total)) => written,
         _ = tokio::signal::ctrl_c() => {
             bar.clear();
             bail!("interrupted; nothing was written to {}", target.display());
@@ -213,10 +223,60 @@ async fn download(
         .with_context(|| format!("cannot move the download to {}", target.display()))?;
 
     if json {
-        println!("{}", download_json(&metadata, &target, written, verified));
+        println!("{}", download_json(&metadata, &target, written, None));
     } else {
-        let check = if verified { ", sha256 verified" } else { "" };
-        println!("{}: {written} bytes{check}", target.display());
+        println!("{}: {written} bytes", target.display());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The whole file into `output`: resumed from an earlier partial file, verified, renamed into
+/// place; Ctrl-C keeps what arrived for the next run.
+async fn save_file(
+    client: &ExportClient,
+    id: &str,
+    output: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let bar = BytesBar::new(0);
+    let saved = tokio::select! {
+        saved = client.download_file(id, output, |done, total| bar.set(done, total)) => saved,
+        _ = tokio::signal::ctrl_c() => {
+            bar.clear();
+            bail!(
+                "interrupted; what arrived is kept beside {}: run the same command again to \
+                 resume",
+                output.display()
+            );
+        }
+    };
+    bar.clear();
+    let saved = saved?;
+    if json {
+        println!(
+            "{}",
+            download_json(
+                &saved.metadata,
+                &saved.path,
+                saved.received,
+                Some(saved.how)
+            )
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let how = match saved.how {
+        Saved::Downloaded => String::new(),
+        Saved::Resumed { from } => format!(" (resumed at byte {from})"),
+        Saved::Restarted { discarded } => format!(
+            " (the {discarded} bytes already on disk were not the start of this file: \
+             downloaded again from byte 0)"
+        ),
+        Saved::AlreadyComplete => " (already complete: nothing downloaded)".to_owned(),
+    };
+    println!(
+        "{}: {} bytes, sha256 verified{how}",
+        saved.path.display(),
+        saved.metadata.size_bytes
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use contact_export_client::{CsvDelimiter, Export, ExportFileMetadata, ExportStatus, LineEnding};
+use contact_export_client::{
+    CsvDelimiter, Export, ExportFileMetadata, ExportStatus, LineEnding, Saved,
+};
 use prost_types::Timestamp;
 use serde_json::{Value, json};
 
@@ -42,21 +44,31 @@ pub fn export_json(export: &Export) -> Value {
     })
 }
 
-/// A finished download as JSON: the file metadata, where it went and how much was written.
+/// A finished download as JSON: the file metadata, where it went, how many bytes this call
+/// received, and for a whole file how it came to be whole (the SHA-256 is then verified).
 pub fn download_json(
     metadata: &ExportFileMetadata,
     path: &Path,
-    bytes: u64,
-    verified: bool,
+    received: u64,
+    whole: Option<Saved>,
 ) -> Value {
+    let (how, resumed_from) = match whole {
+        None => (None, None),
+        Some(Saved::Downloaded) => (Some("downloaded"), None),
+        Some(Saved::Resumed { from }) => (Some("resumed"), Some(from)),
+        Some(Saved::Restarted { .. }) => (Some("restarted"), None),
+        Some(Saved::AlreadyComplete) => (Some("already_complete"), None),
+    };
     json!({
         "filename": metadata.filename,
         "size_bytes": metadata.size_bytes,
         "sha256": metadata.sha256,
         "content_type": metadata.content_type,
         "path": path.display().to_string(),
-        "bytes_written": bytes,
-        "sha256_verified": verified,
+        "bytes_written": received,
+        "sha256_verified": whole.is_some(),
+        "how": how,
+        "resumed_from": resumed_from,
     })
 }
 

@@ -32,7 +32,8 @@ impl RowsBar {
     pub fn new() -> Self {
         Self(bar(
             None,
-            "{spinner} [{elapsed_precise}] [{wide_bar}] {human_pos}/{human_len} rows  {msg}",
+            "{spinner} [{elapsed_precise}] [{wide_bar}] {human_pos}/{human_len} rows \
+             {per_sec} eta {eta}  {msg}",
         ))
     }
 
@@ -66,7 +67,9 @@ impl BytesBar {
         ))
     }
 
-    pub fn set(&self, bytes: u64) {
+    /// `bytes` of `total` (the total becomes known with the first chunk).
+    pub fn set(&self, bytes: u64, total: u64) {
+        self.0.set_length(total);
         self.0.set_position(bytes);
     }
 

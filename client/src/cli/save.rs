@@ -1,27 +1,14 @@
-//! Writing a download into place atomically: a temporary file beside the target, renamed
-//! over it only once every byte is written and verified. A target that exists and is not a
-//! regular file (`/dev/null`, a FIFO, a terminal) is written into directly: renaming over it
-//! would replace the device with a file.
+//! Writing a byte range into place atomically: a temporary file beside the target, renamed
+//! over it only once every byte is written. A target that exists and is not a regular file
+//! (`/dev/null`, a FIFO, a terminal) is written into directly: renaming over it would replace
+//! the device with a file. (Whole files go through the library's resumable
+//! `ExportClient::download_file`.)
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use tempfile::TempPath;
 use tokio::io::AsyncWriteExt as _;
-
-/// Where a download goes: `output` itself, or the server's file name inside `output` when
-/// it is an existing directory.
-pub fn target_path(output: &Path, server_filename: &str) -> PathBuf {
-    if !output.is_dir() {
-        return output.to_owned();
-    }
-    // Only the last component of what the server says, and never `.` or `..`.
-    let name = Path::new(server_filename)
-        .file_name()
-        .filter(|name| !name.is_empty())
-        .unwrap_or("export.csv".as_ref());
-    output.join(name)
-}
 
 /// A temporary file in the target's directory, deleted on drop unless committed; or the
 /// target itself when it is not a regular file.
@@ -85,23 +72,6 @@ impl PendingFile {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
-
-    #[test]
-    fn a_directory_gets_the_server_file_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("mine.csv");
-        assert_eq!(target_path(&file, "theirs.csv"), file);
-        assert_eq!(
-            target_path(dir.path(), "theirs.csv"),
-            dir.path().join("theirs.csv")
-        );
-        assert_eq!(
-            target_path(dir.path(), "../../etc/x.csv"),
-            dir.path().join("x.csv")
-        );
-        assert_eq!(target_path(dir.path(), ".."), dir.path().join("export.csv"));
-        assert_eq!(target_path(dir.path(), ""), dir.path().join("export.csv"));
-    }
 
     #[tokio::test]
     async fn commit_renames_and_drop_cleans_up() {

@@ -3,6 +3,7 @@
 mod api_errors;
 mod consistency;
 mod csv_output;
+mod cut_proxy;
 mod expected;
 mod failing_storage;
 mod faults;

@@ -1,13 +1,14 @@
 //! WatchExport's sequence and DownloadExport's ranges.
 
-use contact_export_client::ExportStatus;
+use contact_export_client::{ExportStatus, RetryPolicy, Saved, is_retryable, partial_path};
 use futures::StreamExt;
 use tonic::Code;
 
+use super::cut_proxy::CutProxy;
 use super::expected::expected_csv;
 use super::failing_storage::WriteFaults;
 use super::fixture::Contact;
-use super::harness::{AppOptions, TestApp, within};
+use super::harness::{AppOptions, Dial, TestApp, within};
 use super::{all_contacts, download_all, run_export};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,4 +240,75 @@ async fn many_watchers_of_one_export_each_follow_it_to_the_end() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_off_mid_stream_resumes_to_the_same_bytes() {
+    let app = TestApp::spawn_with(AppOptions {
+        batch_size: 200,
+        ..AppOptions::default()
+    })
+    .await;
+    let contacts: Vec<Contact> = (1..=900)
+        .map(|n| {
+            let mut c = Contact::numbered(n);
+            c.notes = Some(format!("{n}:{}", "lorem ipsum, \"dolor\" ".repeat(60)));
+            c
+        })
+        .collect();
+    app.ws.insert(&app.db, &contacts).await;
+    let done = run_export(&app.ws.client, all_contacts()).await;
+    assert_eq!(done.status(), ExportStatus::Completed);
+    let whole = download_all(&app.ws.client, &done.id).await;
+    assert!(whole.len() > 1_000_000, "several chunks: {}", whole.len());
+    let dir = tempfile::tempdir().unwrap();
+
+    // The connection drops after 400 kB: the client opens the stream again at the byte it
+    // reached, on a new connection, and the file is whole and verified.
+    let proxy = CutProxy::start(app.addr, 400_000).await;
+    let client = Dial::from(proxy.addr).connect(&app.ws.token).await;
+    let target = dir.path().join("through-a-cut.csv");
+    let saved = within(
+        "the download through the cut",
+        client.download_file(&done.id, &target, |_, _| {}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(saved.how, Saved::Downloaded);
+    assert_eq!(saved.received, whole.len() as u64);
+    assert!(proxy.connections() >= 2, "the first connection was cut");
+    assert_eq!(std::fs::read(&target).unwrap(), whole.as_bytes());
+
+    // A client that does not retry stops at the cut and keeps what arrived; the next
+    // download goes on from there, to the same bytes.
+    let proxy = CutProxy::start(app.addr, 700_000).await;
+    let once = Dial::from(proxy.addr)
+        .connect(&app.ws.token)
+        .await
+        .with_retry(RetryPolicy::NEVER);
+    let target = dir.path().join("resumed.csv");
+    let err = within(
+        "the download to be cut",
+        once.download_file(&done.id, &target, |_, _| {}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.status().is_some_and(is_retryable),
+        "a cut connection: {err:?}"
+    );
+    let held = std::fs::metadata(partial_path(&target, &done.id))
+        .expect("the partial file is kept")
+        .len();
+    assert!(held > 0 && held < whole.len() as u64, "{held}");
+    assert!(!target.exists());
+    let saved = within(
+        "the resumed download",
+        app.ws.client.download_file(&done.id, &target, |_, _| {}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(saved.how, Saved::Resumed { from: held });
+    assert_eq!(saved.received, whole.len() as u64 - held);
+    assert_eq!(std::fs::read(&target).unwrap(), whole.as_bytes());
 }

@@ -55,7 +55,11 @@ async fn a_large_export_is_uploaded_to_s3_in_parts_and_downloads_whole() {
         etag.trim_matches('"').ends_with("-2"),
         "uploaded in two parts: {etag}"
     );
-    assert_eq!(s3.objects(), std::slice::from_ref(&key), "one object, nothing else");
+    assert_eq!(
+        s3.objects(),
+        std::slice::from_ref(&key),
+        "one object, nothing else"
+    );
     assert_eq!(s3.unfinished_uploads(), 0);
 
     // Size and SHA-256 checked by the client against what the stream recorded, and the bytes

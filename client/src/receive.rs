@@ -87,29 +87,14 @@ impl<'a> Receiver<'a> {
         W: AsyncWrite + Unpin + ?Sized,
     {
         let size = download.metadata.size_bytes.max(0) as u64;
-        loop {
-            match download.chunks.next().await {
-                None => break,
-                Some(Ok(chunk)) => {
-                    at += chunk.len() as u64;
-                    if at > size {
-                        return Err(ClientError::SizeMismatch {
-                            expected: size,
-                            actual: at,
-                        });
-                    }
-                    hasher.update(&chunk);
-                    sink.write_all(&chunk).await?;
-                    self.failures = 0;
-                    progress(at, size);
-                }
-                Some(Err(status)) => {
-                    self.failed(status).await?;
-                    download = self.open(at).await?;
-                }
-            }
-        }
-        sink.flush().await?;
+        let received = self
+            .receive_into(&mut download, &mut at, size, sink, hasher, progress)
+            .await;
+        // What arrived is on disk even when the download stops here, for a resume to find
+        // (a file's writes may still be on their way when a write call returns).
+        let flushed = sink.flush().await;
+        received?;
+        flushed?;
         if at != size {
             return Err(ClientError::SizeMismatch {
                 expected: size,
@@ -117,6 +102,43 @@ impl<'a> Receiver<'a> {
             });
         }
         Ok(at)
+    }
+
+    async fn receive_into<W>(
+        &mut self,
+        download: &mut Download,
+        at: &mut u64,
+        size: u64,
+        sink: &mut W,
+        hasher: &mut Sha256,
+        progress: &mut impl FnMut(u64, u64),
+    ) -> Result<(), ClientError>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            match download.chunks.next().await {
+                None => return Ok(()),
+                Some(Ok(chunk)) => {
+                    let end = *at + chunk.len() as u64;
+                    if end > size {
+                        return Err(ClientError::SizeMismatch {
+                            expected: size,
+                            actual: end,
+                        });
+                    }
+                    hasher.update(&chunk);
+                    sink.write_all(&chunk).await?;
+                    *at = end;
+                    self.failures = 0;
+                    progress(end, size);
+                }
+                Some(Err(status)) => {
+                    self.failed(status).await?;
+                    *download = self.open(*at).await?;
+                }
+            }
+        }
     }
 }
 

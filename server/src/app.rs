@@ -15,7 +15,7 @@ use crate::db::{self, DbError, PgPool};
 use crate::events::{Events, Listener};
 use crate::mail::Mailer;
 use crate::metrics::{self, Metrics};
-use crate::pipeline::{PipelineContext, RetryPolicy};
+use crate::pipeline::{FaultHooks, PipelineContext, RetryPolicy};
 use crate::tls::TlsSettings;
 use crate::worker::{self, WorkerConfig};
 
@@ -37,17 +37,30 @@ pub struct Settings {
     pub max_queued_exports: u32,
     /// `None`: plaintext gRPC.
     pub tls: Option<TlsSettings>,
+    /// How long a shutdown may take: streams end and jobs are handed back at once, and
+    /// whatever still runs after this is abandoned (its lease runs out elsewhere).
+    pub shutdown_timeout: Duration,
+    /// Faults on purpose for tests of the real binary; none in production.
+    pub hooks: FaultHooks,
 }
 
 /// Requests larger than this are refused: the largest legitimate one (1,000 tag ids) is ~40 KiB.
 const MAX_REQUEST_BYTES: usize = 256 << 10;
 
-/// Pooled connections a running job may hold at its peak: one for the progress written beside
-/// the stream (and the step records), one for a lease renewal that falls at the same moment.
-/// The snapshot's connection, which also runs the metadata query, is outside the pool.
+/// Connections of the jobs' pool a running job may hold at its peak: one for the progress
+/// written beside the stream (and the step records), one for a lease renewal that falls at the
+/// same moment. The snapshot's connection, which also runs the metadata query, is outside the
+/// pool.
 const CONNECTIONS_PER_JOB: usize = 2;
-/// Connections kept for the gRPC handlers, whatever the number of workers.
+/// Connections of the jobs' pool beside the jobs': claims and the sweep.
+const CONNECTIONS_FOR_QUEUE: usize = 2;
+/// Connections of the gRPC handlers' pool, whatever the number of workers. The handlers have
+/// a pool of their own, so that a burst of calls cannot starve a job's writes or heartbeat.
 const CONNECTIONS_FOR_API: usize = 10;
+/// How often the health service looks whether the database answers.
+const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A probe that takes longer than this counts as "cannot reach the database".
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors starting or running the service.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +88,12 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     settings: Settings,
+    /// The gRPC handlers' pool.
     pool: PgPool,
+    /// The jobs' pool: their writes, heartbeats, claims.
+    jobs_pool: PgPool,
+    /// One connection for the health probe.
+    health_pool: PgPool,
     events: Events,
     notifications: Listener,
     metrics: Metrics,
@@ -106,16 +124,20 @@ impl Application {
             ),
             None => None,
         };
-        let pool = db::pool(
+        let pool = db::pool(&settings.database_url, CONNECTIONS_FOR_API)?;
+        let jobs_pool = db::pool(
             &settings.database_url,
-            settings.worker.workers * CONNECTIONS_PER_JOB + CONNECTIONS_FOR_API,
+            settings.worker.workers * CONNECTIONS_PER_JOB + CONNECTIONS_FOR_QUEUE,
         )?;
+        let health_pool = db::pool(&settings.database_url, 1)?;
         let notifications = Events::listen(&settings.database_url).await?;
         Ok(Application {
             listener,
             local_addr,
             settings,
             pool,
+            jobs_pool,
+            health_pool,
             events: Events::default(),
             notifications,
             metrics: Metrics::default(),
@@ -133,8 +155,9 @@ impl Application {
         self.local_addr
     }
 
-    /// Serves until `shutdown` resolves; then stops taking calls, ends open streams, hands
-    /// running jobs back to the queue and returns.
+    /// Serves until `shutdown` resolves; then stops claiming and taking calls, ends open
+    /// streams with UNAVAILABLE, hands running jobs back to the queue at their next batch and
+    /// returns, within the settings' shutdown timeout.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
@@ -149,6 +172,8 @@ impl Application {
             retry,
             tls,
             max_queued_exports,
+            shutdown_timeout,
+            hooks,
             ..
         } = self.settings;
         // Before anything is spawned: an error here leaves nothing running.
@@ -163,7 +188,7 @@ impl Application {
             stop.clone(),
         ));
         let context = PipelineContext {
-            pool: self.pool.clone(),
+            pool: self.jobs_pool.clone(),
             database_url,
             storage: storage.clone(),
             mailer,
@@ -171,6 +196,11 @@ impl Application {
             batch_size,
             retry,
             metrics: self.metrics.clone(),
+            worker_id: format!("exportd-{}", uuid::Uuid::new_v4().simple()),
+            // Waiting longer than a lease for the database is pointless: by then another
+            // replica may hold the job.
+            db_patience: worker_config.lease,
+            hooks,
         };
         let workers = tokio::spawn(worker::run(context, worker_config, stop.clone()));
         let metrics_task = self.metrics_listener.map(|(listener, addr)| {
@@ -193,7 +223,11 @@ impl Application {
         let export_service =
             ExportServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<ExportServiceServer<ExportApi>>().await;
+        let health_task = tokio::spawn(report_health(
+            health,
+            self.health_pool.clone(),
+            stop.clone(),
+        ));
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(contact_export::FILE_DESCRIPTOR_SET)
@@ -204,31 +238,100 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         tracing::info!(addr = %self.local_addr, tls = tls.is_some(), "serving");
-        let stop_on_signal = stop.clone();
-        let served = server
+        let serve = server
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(export_service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-                // Streams end and workers release their jobs, so the server drains quickly.
-                stop_on_signal.cancel();
-            })
-            .await;
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.listener),
+                stop.clone().cancelled_owned(),
+            );
+        let mut serve = std::pin::pin!(serve);
+        let stopped_by_itself = tokio::select! {
+            // The server stopped by itself: a failure.
+            served = &mut serve => Some(served),
+            _ = shutdown => {
+                tracing::info!(timeout_s = shutdown_timeout.as_secs_f64(), "shutting down");
+                None
+            }
+        };
+        // Streams end and workers hand their jobs back, so the server drains quickly.
         stop.cancel();
-        let _ = workers.await;
-        let _ = listener_task.await;
+        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        let served = match stopped_by_itself {
+            Some(served) => served,
+            None => tokio::time::timeout_at(deadline, &mut serve)
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!("calls were still open at the shutdown timeout; dropped");
+                    Ok(())
+                }),
+        };
+        let workers_abort = workers.abort_handle();
+        if tokio::time::timeout_at(deadline, workers).await.is_err() {
+            tracing::warn!(
+                "jobs were still running at the shutdown timeout; abandoned (their leases run out)"
+            );
+            workers_abort.abort();
+        }
+        let _ = tokio::time::timeout_at(deadline, listener_task).await;
+        let _ = health_task.await;
         if let Some(task) = metrics_task
-            && let Ok(Err(e)) = task.await
+            && let Ok(Ok(Err(e))) = tokio::time::timeout_at(deadline, task).await
         {
             tracing::warn!(error = %e, "the metrics endpoint failed");
         }
         served?;
         Ok(())
     }
+}
+
+/// SERVING while the database answers, NOT_SERVING while it does not (so that a load balancer
+/// drains this replica: every call would fail), told to the health service whenever it
+/// changes; NOT_SERVING once the service stops.
+async fn report_health(
+    health: tonic_health::server::HealthReporter,
+    pool: PgPool,
+    stop: CancellationToken,
+) {
+    let mut serving = None;
+    loop {
+        let up = tokio::time::timeout(HEALTH_PROBE_TIMEOUT, db::ping(&pool))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if serving != Some(up) {
+            if up {
+                health.set_serving::<ExportServiceServer<ExportApi>>().await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::Serving)
+                    .await;
+            } else {
+                tracing::warn!("the database does not answer: health is NOT_SERVING");
+                health
+                    .set_not_serving::<ExportServiceServer<ExportApi>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            if serving == Some(false) && up {
+                tracing::info!("the database answers again: health is SERVING");
+            }
+            serving = Some(up);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(HEALTH_PROBE_EVERY) => {}
+        }
+    }
+    health
+        .set_not_serving::<ExportServiceServer<ExportApi>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
 }
 
 /// A listener on `addr` and the address it got (the real port when asked for port 0).

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::app::Settings;
 use crate::mail::Mailer;
-use crate::pipeline::RetryPolicy;
+use crate::pipeline::{FaultHooks, RetryPolicy};
 use crate::tls::TlsArgs;
 use crate::worker::WorkerConfig;
 
@@ -60,13 +60,31 @@ pub struct JobArgs {
     /// CreateExport beyond it is RESOURCE_EXHAUSTED.
     #[arg(long, env = "EXPORTD_MAX_QUEUED_EXPORTS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queued_exports: u32,
+    /// Exports of one workspace running at once, across all replicas; the others wait PENDING,
+    /// so that one workspace's queue cannot starve the rest.
+    #[arg(long, env = "EXPORTD_MAX_RUNNING_PER_WORKSPACE", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_running_per_workspace: u32,
+    /// How long a shutdown (SIGTERM, Ctrl-C) may take: streams end and running jobs are handed
+    /// back at once; what still runs after this is abandoned. `30s`, `2m`…
+    #[arg(long, env = "EXPORTD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 impl JobArgs {
     pub fn worker_config(&self) -> WorkerConfig {
         let mut config = WorkerConfig::new(self.workers);
         config.lease = Duration::from_secs(self.lease_seconds);
+        config.max_running_per_workspace = self.max_running_per_workspace;
         config
+    }
+
+    /// The faults of `EXPORTD_TEST_FAULTS`, for tests of the real binary (none when unset).
+    pub fn hooks(&self) -> Result<FaultHooks, ConfigError> {
+        let hooks = FaultHooks::from_env().map_err(ConfigError::Hooks)?;
+        if !hooks.is_empty() {
+            tracing::warn!(?hooks, "test faults are on: never in production");
+        }
+        Ok(hooks)
     }
 }
 
@@ -113,6 +131,8 @@ pub enum ConfigError {
     Mail(#[from] crate::mail::MailError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Hooks(String),
 }
 
 /// Builds the storage operator. `fs://` paths may be relative to the working directory and are
@@ -128,7 +148,7 @@ pub fn storage_operator(uri: &str) -> Result<opendal::Operator, ConfigError> {
                     uri: uri.to_owned(),
                     source,
                 })?;
-            opendal::Operator::via_iter("fs", [("root".to_owned(), root.display().to_string())])
+            crate::storage::fs_operator(&root)
         }
         None => crate::storage::operator_from_uri(uri),
     };
@@ -163,6 +183,8 @@ impl ServeArgs {
             retry: RetryPolicy::default(),
             tls,
             max_queued_exports: self.jobs.max_queued_exports,
+            shutdown_timeout: self.jobs.shutdown_timeout,
+            hooks: self.jobs.hooks()?,
         })
     }
 }

@@ -9,8 +9,11 @@
 //!   read, list and cancel exports, always scoped to one workspace.
 //! - [`pipeline`]: the `process-export` job: four named steps with persisted outputs, run by a
 //!   runner that owns memoisation, retries, progress and the job's final status.
-//! - [`worker`]: a bounded pool that claims jobs from PostgreSQL (`FOR UPDATE SKIP LOCKED`)
-//!   under a renewed lease, so a job whose worker dies is taken up again elsewhere.
+//! - [`queue`]: every statement about jobs: claiming (`FOR UPDATE SKIP LOCKED`, a fair share
+//!   per workspace), and the fenced writes of a claimed job ([`queue::JobWriter`]): each claim
+//!   raises the job's generation, and a write of an older claim fails.
+//! - [`worker`]: a bounded pool that claims jobs and runs them under a renewed lease, so a job
+//!   whose worker dies is taken up again elsewhere; a panicking job is retried.
 //! - [`events`]: one `LISTEN` connection per process; wakes idle workers and every watcher of an
 //!   export when its row changes, on any replica.
 //! - [`storage`], [`mail`], [`auth`], [`db`]: the outside world (OpenDAL, lettre, API tokens,
@@ -35,6 +38,7 @@ pub mod mail;
 pub mod metrics;
 pub mod pg;
 pub mod pipeline;
+pub mod queue;
 pub mod storage;
 pub mod tls;
 pub mod tokens;

@@ -1,10 +1,23 @@
-//! Where finished files live: an OpenDAL operator, chosen by URI.
+//! Where finished files live: an OpenDAL operator, chosen by URI, and the keys of the objects
+//! each attempt writes.
+//!
+//! Every claim of a job writes its own object, the claim's generation in the key
+//! ([`attempt_key`]): no attempt ever writes where another attempt's object is or will be, so a
+//! stale worker that wakes up and writes can only touch its own object, never the file of the
+//! export's winner, which the row points at. The objects of attempts that did not win are
+//! removed by the attempt itself when it learns it lost, or by the sweep after the job ends
+//! ([`sweep_strays`]).
 
 use opendal::Operator;
 use uuid::Uuid;
 
 /// Content type of every export file.
 pub const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
+
+/// The folder, relative to an `fs` store's root, where files are written before they are
+/// renamed to their key (OpenDAL's `atomic_write_dir`): a file appears at its key only whole,
+/// and an aborted one is removed.
+pub const FS_PARTIAL_DIR: &str = ".partial/";
 
 /// Builds an operator from a storage URI: `fs:///var/lib/exports`, `memory://`,
 /// `s3://bucket/prefix?region=…&endpoint=…`, or any scheme OpenDAL registers.
@@ -13,9 +26,113 @@ pub fn operator_from_uri(uri: &str) -> Result<Operator, opendal::Error> {
     Operator::from_uri(uri)
 }
 
-/// The object of an export. The workspace is part of the key, so that no bug in a lookup can
-/// hand one workspace another's file by guessing an id, and so that a workspace's files can be
-/// listed or purged together.
-pub fn object_key(workspace_id: Uuid, export_id: Uuid) -> String {
-    format!("exports/{workspace_id}/{export_id}.csv")
+/// An `fs` store under `root` (an absolute folder) that writes atomically.
+pub fn fs_operator(root: &std::path::Path) -> Result<Operator, opendal::Error> {
+    let root = root.display().to_string();
+    let partial = format!("{}/{}", root.trim_end_matches('/'), FS_PARTIAL_DIR);
+    Operator::via_iter(
+        "fs",
+        [
+            ("root".to_owned(), root),
+            ("atomic_write_dir".to_owned(), partial),
+        ],
+    )
+}
+
+/// The object that the attempts of claim `generation` of an export write. The workspace is
+/// part of the key, so that no bug in a lookup can hand one workspace another's file by
+/// guessing an id, and so that a workspace's files can be listed or purged together.
+pub fn attempt_key(workspace_id: Uuid, export_id: Uuid, generation: i64) -> String {
+    format!(
+        "{}{export_id}.g{generation}.csv",
+        workspace_prefix(workspace_id)
+    )
+}
+
+fn workspace_prefix(workspace_id: Uuid) -> String {
+    format!("exports/{workspace_id}/")
+}
+
+/// Deletes every object the claims `1..=generation` of an export may have written but
+/// `keep` (the file a COMPLETED export points at), and, on `fs`, the unfinished files of its
+/// attempts. Deleting what is not there is no error, so this can run again, or on several
+/// replicas at once. Returns how many keys it removed or found gone.
+pub async fn sweep_strays(
+    storage: &Operator,
+    workspace_id: Uuid,
+    export_id: Uuid,
+    generation: i64,
+    keep: Option<&str>,
+) -> Result<usize, opendal::Error> {
+    let mut removed = 0;
+    for g in 1..=generation {
+        let key = attempt_key(workspace_id, export_id, g);
+        if Some(key.as_str()) != keep {
+            storage.delete(&key).await?;
+            removed += 1;
+        }
+    }
+    // A process killed mid-write leaves its temporary file (`<name>.<random>`) behind.
+    let prefix = format!("{FS_PARTIAL_DIR}{export_id}.g");
+    match storage.list(FS_PARTIAL_DIR).await {
+        Ok(entries) => {
+            for entry in entries {
+                if entry.path().starts_with(&prefix) {
+                    storage.delete(entry.path()).await?;
+                }
+            }
+        }
+        Err(e) if e.kind() == opendal::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_claim_writes_its_own_key_under_the_workspace() {
+        let (ws, id) = (Uuid::nil(), Uuid::max());
+        assert_eq!(
+            attempt_key(ws, id, 3),
+            "exports/00000000-0000-0000-0000-000000000000/ffffffff-ffff-ffff-ffff-ffffffffffff.g3.csv"
+        );
+        assert_ne!(attempt_key(ws, id, 1), attempt_key(ws, id, 2));
+    }
+
+    #[tokio::test]
+    async fn the_sweep_keeps_the_winner_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let op = fs_operator(dir.path()).unwrap();
+        let (ws, id, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        for g in 1..=3 {
+            op.write(&attempt_key(ws, id, g), "x").await.unwrap();
+        }
+        op.write(&attempt_key(ws, other, 1), "other").await.unwrap();
+        // What a killed writer leaves in the partial folder.
+        op.write(&format!("{FS_PARTIAL_DIR}{id}.g2.csv.k3j2"), "partial")
+            .await
+            .unwrap();
+        let keep = attempt_key(ws, id, 2);
+        assert_eq!(sweep_strays(&op, ws, id, 3, Some(&keep)).await.unwrap(), 2);
+        let mut left: Vec<String> = op
+            .list_with("")
+            .recursive(true)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.metadata().is_file())
+            .map(|e| e.path().to_owned())
+            .collect();
+        left.sort();
+        let mut expected = vec![keep, attempt_key(ws, other, 1)];
+        expected.sort();
+        assert_eq!(left, expected);
+        // Again, with nothing left to remove: no error.
+        sweep_strays(&op, ws, id, 3, Some(&expected[0]))
+            .await
+            .unwrap();
+    }
 }

@@ -1,25 +1,23 @@
-//! The worker pool: claims jobs from PostgreSQL and runs them, a bounded number at a time.
+//! The worker pool: claims jobs ([`crate::queue`]) and runs them, a bounded number at a time.
 //!
-//! A job is an `exports` row whose job is not done. A worker claims one with
-//! `FOR UPDATE SKIP LOCKED` (replicas never block on each other) and holds it under a lease
-//! that a heartbeat renews; if the worker dies, the lease expires and any replica claims the job
-//! again, and the runner resumes it at the first step that did not finish.
+//! Each job runs as a task of its own with a heartbeat beside it that renews the claim's
+//! lease. The heartbeat stops with the job however it ends, a panic included: a panicking job
+//! is logged with its export, its failure recorded (it counts towards the step's cap) and its
+//! lease given back, so that it is retried at once rather than left PROCESSING. A heartbeat
+//! that finds the job claimed again interrupts the run at its next batch.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel::prelude::*;
-use diesel::sql_types::Text;
-use diesel_async::RunQueryDsl;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
-use crate::db::schema::exports;
-use crate::db::{DbError, PooledConn};
-use crate::exports::ExportRecord;
-use crate::pipeline::PipelineContext;
-use crate::pipeline::runner::{self, Interrupts};
+use crate::pipeline::runner::{self, RunEnd};
+use crate::pipeline::{Interrupts, PipelineContext};
+use crate::queue::{self, Claim, ClaimPolicy, JobError, JobWriter};
+use crate::storage;
 
 /// How the pool claims and holds jobs.
 #[derive(Debug, Clone)]
@@ -30,27 +28,44 @@ pub struct WorkerConfig {
     pub lease: Duration,
     /// How often an idle pool looks for jobs whose lease expired (new jobs wake it at once).
     pub poll_interval: Duration,
-    /// This replica's name in `lease_owner`.
-    pub worker_id: String,
+    /// Jobs of one workspace running at once across all replicas.
+    pub max_running_per_workspace: u32,
+    /// How often the pool looks for finished jobs whose stray objects are still there.
+    pub sweep_interval: Duration,
 }
 
 impl WorkerConfig {
     /// Defaults for `workers` slots (0: this replica serves the API only): a 30 s lease
-    /// renewed every 10 s.
+    /// renewed every 10 s, two jobs per workspace at once.
     pub fn new(workers: usize) -> Self {
         WorkerConfig {
             workers,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
-            worker_id: format!("exportd-{}", uuid::Uuid::new_v4().simple()),
+            max_running_per_workspace: 2,
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }
 
-/// Claims and runs jobs until `shutdown`; then interrupts running jobs (they release their
-/// lease so another replica resumes them) and waits for them.
+/// Claims and runs jobs until `shutdown`; then interrupts running jobs (they hand their
+/// lease back so that another replica resumes them at once) and waits for them.
 pub async fn run(ctx: PipelineContext, config: WorkerConfig, shutdown: CancellationToken) {
+    if config.workers == 0 {
+        return;
+    }
     let ctx = Arc::new(ctx);
+    let policy = ClaimPolicy {
+        worker_id: ctx.worker_id.clone(),
+        lease: config.lease,
+        can_mail: ctx.mailer.is_some(),
+        max_running_per_workspace: config.max_running_per_workspace,
+    };
+    let sweeper = tokio::spawn(sweep_periodically(
+        ctx.clone(),
+        config.sweep_interval,
+        shutdown.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(config.workers));
     let mut running = JoinSet::new();
     loop {
@@ -60,11 +75,11 @@ pub async fn run(ctx: PipelineContext, config: WorkerConfig, shutdown: Cancellat
         };
         // Register interest before looking, so a job queued during the look is not missed.
         let queued = ctx.events.job_queued();
-        match claim(&ctx, &config).await {
-            Ok(Some(export)) => {
+        match claim(&ctx, &policy).await {
+            Ok(Some(claim)) => {
                 let (ctx, config, shutdown) = (ctx.clone(), config.clone(), shutdown.clone());
                 running.spawn(async move {
-                    run_one(&ctx, &config, export, shutdown).await;
+                    run_one(ctx, &config, claim, shutdown).await;
                     drop(permit);
                 });
                 // A freed slot may find more work at once; so may another idle pool.
@@ -82,131 +97,142 @@ pub async fn run(ctx: PipelineContext, config: WorkerConfig, shutdown: Cancellat
         while running.try_join_next().is_some() {}
     }
     while running.join_next().await.is_some() {}
+    let _ = sweeper.await;
 }
 
-/// Runs one claimed job with a heartbeat beside it.
+async fn claim(ctx: &PipelineContext, policy: &ClaimPolicy) -> Result<Option<Claim>, String> {
+    let mut conn = ctx.pool.get().await.map_err(|e| e.to_string())?;
+    queue::claim(&mut conn, policy)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Runs one claimed job as a task of its own, with a heartbeat beside it.
 async fn run_one(
-    ctx: &PipelineContext,
+    ctx: Arc<PipelineContext>,
     config: &WorkerConfig,
-    export: ExportRecord,
+    claim: Claim,
     shutdown: CancellationToken,
 ) {
+    let span = tracing::info_span!(
+        "job",
+        export_id = %claim.export.id,
+        generation = claim.fence.generation
+    );
+    let job = ctx.job_writer(&claim);
     let interrupts = Interrupts {
         lease_lost: CancellationToken::new(),
         shutdown,
     };
-    let heartbeat = tokio::spawn(heartbeat(
-        ctx.clone(),
-        config.clone(),
-        export.id,
-        interrupts.lease_lost.clone(),
+    // Aborted when this function returns, whatever the job did.
+    let _heartbeat = AbortOnDrop(tokio::spawn(
+        heartbeat(job.clone(), config.lease, interrupts.lease_lost.clone())
+            .instrument(span.clone()),
     ));
-    tracing::info!(export_id = %export.id, "job claimed");
     let _running = ctx.metrics.job_running();
-    runner::run(ctx, &export, &config.worker_id, &interrupts).await;
-    heartbeat.abort();
+    span.in_scope(|| tracing::info!("job claimed"));
+    let task = {
+        let ctx = ctx.clone();
+        let claim = claim.clone();
+        tokio::spawn(
+            async move { runner::run(&ctx, &claim, &interrupts).await }.instrument(span.clone()),
+        )
+    };
+    let panic = match task.await {
+        Ok(RunEnd::Done | RunEnd::Released | RunEnd::TakenOver | RunEnd::Abandoned) => return,
+        Err(e) if e.is_panic() => panic_message(e.into_panic()),
+        Err(e) => e.to_string(),
+    };
+    async {
+        tracing::error!(panic = %panic, "the job's task panicked; it goes back to the queue");
+        let error = format!("the worker crashed: {panic}");
+        match job.crashed(&error).await {
+            Ok(()) | Err(JobError::Fenced(_)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the crash; its lease will run out")
+            }
+        }
+    }
+    .instrument(span)
+    .await;
 }
 
-/// Renews the lease every third of its length; fires `lost` when the row is no longer ours.
-async fn heartbeat(
-    ctx: PipelineContext,
-    config: WorkerConfig,
-    export_id: uuid::Uuid,
-    lost: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(config.lease / 3);
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map_or_else(|| "unknown panic".to_owned(), |m| (*m).to_owned()),
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews the lease every third of its length; fires `lost` when the job was claimed again.
+/// A failed renewal (the database away) is tried again at the next tick: a lease has two
+/// more before it runs out, and a renewal after it ran out still succeeds while nobody else
+/// claimed the job.
+async fn heartbeat(job: JobWriter, lease: Duration, lost: CancellationToken) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        match renew(&ctx, &config, export_id).await {
-            Ok(true) => {}
-            Ok(false) => {
+        match job.renew(lease).await {
+            Ok(()) => {}
+            Err(JobError::Fenced(_)) => {
                 lost.cancel();
                 return;
             }
-            // A passing database error: the lease has two more renewals before it expires.
-            Err(e) => tracing::warn!(export_id = %export_id, error = %e, "lease renewal failed"),
+            Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
         }
     }
 }
 
-fn lease_interval(lease: Duration) -> String {
-    format!("{} milliseconds", lease.as_millis())
+/// Every `interval`, removes the stray objects of finished jobs that their run could not
+/// sweep (it died, or storage failed then).
+async fn sweep_periodically(
+    ctx: Arc<PipelineContext>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if let Err(e) = sweep_once(&ctx).await {
+            tracing::warn!(error = %e, "sweeping stray objects failed");
+        }
+    }
 }
 
-async fn renew(
-    ctx: &PipelineContext,
-    config: &WorkerConfig,
-    export_id: uuid::Uuid,
-) -> Result<bool, DbError> {
-    let mut conn = ctx.pool.get().await?;
-    let n = diesel::sql_query(
-        "UPDATE exports SET lease_expires_at = now() + $1::interval \
-         WHERE id = $2 AND lease_owner = $3 AND NOT job_done",
-    )
-    .bind::<Text, _>(lease_interval(config.lease))
-    .bind::<diesel::sql_types::Uuid, _>(export_id)
-    .bind::<Text, _>(&config.worker_id)
-    .execute(&mut conn)
-    .await?;
-    Ok(n == 1)
-}
-
-/// The jobs a worker may claim now: not done, and not leased or with a lease run out.
-macro_rules! claimable {
-    () => {
-        "NOT job_done AND (lease_expires_at IS NULL OR lease_expires_at < now())"
-    };
-}
-
-/// Claims the oldest claimable job, if any.
-pub async fn claim(
-    ctx: &PipelineContext,
-    config: &WorkerConfig,
-) -> Result<Option<ExportRecord>, DbError> {
-    let mut conn = ctx.pool.get().await?;
-    let claimed: Option<ClaimedId> = diesel::sql_query(concat!(
-        "UPDATE exports SET lease_owner = $1, lease_expires_at = now() + $2::interval \
-         WHERE id = (SELECT id FROM exports WHERE ",
-        claimable!(),
-        " ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING id",
-    ))
-    .bind::<Text, _>(&config.worker_id)
-    .bind::<Text, _>(lease_interval(config.lease))
-    .get_result(&mut conn)
-    .await
-    .optional()?;
-    let Some(ClaimedId { id }) = claimed else {
-        return Ok(None);
-    };
-    let record = exports::table
-        .find(id)
-        .select(ExportRecord::as_select())
-        .first(&mut conn)
-        .await?;
-    Ok(Some(record))
-}
-
-/// How many jobs wait for a worker, across all replicas.
-pub async fn queue_depth(conn: &mut PooledConn) -> Result<i64, DbError> {
-    let QueueDepth { depth } = diesel::sql_query(concat!(
-        "SELECT count(*) AS depth FROM exports WHERE ",
-        claimable!()
-    ))
-    .get_result(conn)
-    .await?;
-    Ok(depth)
-}
-
-#[derive(diesel::QueryableByName)]
-struct QueueDepth {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    depth: i64,
-}
-
-#[derive(diesel::QueryableByName)]
-struct ClaimedId {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    id: uuid::Uuid,
+/// One round of the sweep: up to 100 finished exports.
+pub async fn sweep_once(ctx: &PipelineContext) -> Result<usize, String> {
+    let mut conn = ctx.pool.get().await.map_err(|e| e.to_string())?;
+    let unswept = queue::sweep::unswept(&mut conn, 100)
+        .await
+        .map_err(|e| e.to_string())?;
+    for export in &unswept {
+        storage::sweep_strays(
+            &ctx.storage,
+            export.workspace_id,
+            export.id,
+            export.generation,
+            export.storage_key.as_deref(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        queue::sweep::swept(&mut conn, export.id)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(unswept.len())
 }

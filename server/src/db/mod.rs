@@ -2,8 +2,10 @@
 
 pub mod schema;
 
+use std::time::Duration;
+
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
@@ -26,24 +28,94 @@ pub enum DbError {
     #[error("database error: {0}")]
     Postgres(#[source] tokio_postgres::Error),
     #[error("no database connection available: {0}")]
-    Pool(String),
+    Pool(#[source] PoolError),
+    #[error("building the connection pool failed: {0}")]
+    PoolBuild(String),
     #[error("migrations failed: {0}")]
     Migrate(String),
 }
 
-impl From<diesel_async::pooled_connection::deadpool::PoolError> for DbError {
-    fn from(e: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
-        DbError::Pool(e.to_string())
+impl From<PoolError> for DbError {
+    fn from(e: PoolError) -> Self {
+        DbError::Pool(e)
     }
 }
 
-/// Builds the pool. Connections are opened lazily.
+impl DbError {
+    /// Whether the error is the connection's, not the statement's: the database went away,
+    /// is restarting, or could not be reached in time. Worth retrying once it is back.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Query(e) => query_error_is_transient(e),
+            DbError::Connect(_) => true,
+            DbError::Postgres(e) => postgres_error_is_transient(e),
+            DbError::Pool(e) => match e {
+                PoolError::Timeout(_) => true,
+                PoolError::Backend(
+                    diesel_async::pooled_connection::PoolError::ConnectionError(_),
+                ) => true,
+                PoolError::Backend(diesel_async::pooled_connection::PoolError::QueryError(e)) => {
+                    query_error_is_transient(e)
+                }
+                _ => false,
+            },
+            DbError::PoolBuild(_) | DbError::Migrate(_) => false,
+        }
+    }
+}
+
+fn query_error_is_transient(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        // diesel-async reports an error without SQLSTATE (the socket's) this way.
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+        | Error::DatabaseError(DatabaseErrorKind::UnableToSendCommand, _) => true,
+        // SQLSTATE class 57 (operator intervention: shutdown, restart) is not mapped to a kind
+        // of its own: its messages say so.
+        Error::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            let message = info.message();
+            message.starts_with("terminating connection")
+                || message.contains("the database system is")
+        }
+        Error::BrokenTransactionManager => true,
+        _ => false,
+    }
+}
+
+fn postgres_error_is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(code) => {
+            let class = &code.code()[..2];
+            class == "57" || class == "08"
+        }
+    }
+}
+
+/// How long a request waits for a pooled connection, and for a new one to be made, before
+/// it fails instead of hanging on a database that does not answer.
+pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds a pool. Connections are opened lazily; a checkout waits at most
+/// [`CHECKOUT_TIMEOUT`].
 pub fn pool(database_url: &str, max_size: usize) -> Result<PgPool, DbError> {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
     Pool::builder(manager)
         .max_size(max_size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(CHECKOUT_TIMEOUT))
+        .create_timeout(Some(CHECKOUT_TIMEOUT))
+        .recycle_timeout(Some(CHECKOUT_TIMEOUT))
         .build()
-        .map_err(|e| DbError::Pool(e.to_string()))
+        .map_err(|e| DbError::PoolBuild(e.to_string()))
+}
+
+/// `SELECT 1` on a pooled connection: whether the database answers.
+pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
+    use diesel_async::SimpleAsyncConnection as _;
+    let mut conn = pool.get().await?;
+    conn.batch_execute("SELECT 1").await?;
+    Ok(())
 }
 
 /// A connection of its own, outside the pool: for `LISTEN` and for a snapshot that lives as long

@@ -27,6 +27,9 @@ diesel::table! {
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
         request -> Nullable<Jsonb>,
+        lease_generation -> BigInt,
+        objects_swept -> Bool,
+        needs_mailer -> Bool,
     }
 }
 
@@ -41,6 +44,7 @@ diesel::table! {
         worker -> Nullable<Text>,
         started_at -> Timestamptz,
         finished_at -> Nullable<Timestamptz>,
+        failures -> Integer,
     }
 }
 

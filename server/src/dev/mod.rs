@@ -107,6 +107,8 @@ async fn serve(
         retry: RetryPolicy::default(),
         tls,
         max_queued_exports: args.jobs.max_queued_exports,
+        shutdown_timeout: args.jobs.shutdown_timeout,
+        hooks: args.jobs.hooks()?,
     };
     let scheme = if settings.tls.is_some() {
         "https"

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::db::PgPool;
-use crate::pipeline::step;
+use crate::queue::StepName;
 use database::{DatabaseGauges, read_database};
 
 /// Upper bounds (seconds) of the step duration buckets: from a quick query to a long stream.
@@ -38,8 +38,8 @@ struct Registry {
     running_jobs: AtomicI64,
     rows_exported: AtomicU64,
     bytes_written: AtomicU64,
-    /// Indexed like [`step::ALL`].
-    steps: [StepMetrics; step::ALL.len()],
+    /// Indexed like [`StepName::ALL`].
+    steps: [StepMetrics; StepName::ALL.len()],
 }
 
 #[derive(Default)]
@@ -95,26 +95,21 @@ impl Metrics {
 
     /// One attempt of `step` ran for `elapsed`; `failed` when it ended in a real failure
     /// (not a cancellation, a shutdown or a lost lease).
-    pub fn step_attempt(&self, step: &str, elapsed: Duration, failed: bool) {
-        if let Some(metrics) = self.step(step) {
-            metrics.duration.observe(elapsed);
-            if failed {
-                metrics.failures.fetch_add(1, Ordering::Relaxed);
-            }
+    pub fn step_attempt(&self, step: StepName, elapsed: Duration, failed: bool) {
+        let metrics = self.step(step);
+        metrics.duration.observe(elapsed);
+        if failed {
+            metrics.failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// The runner tries `step` again after a failed attempt.
-    pub fn step_retried(&self, step: &str) {
-        if let Some(metrics) = self.step(step) {
-            metrics.retries.fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn step_retried(&self, step: StepName) {
+        self.step(step).retries.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn step(&self, name: &str) -> Option<&StepMetrics> {
-        let index = step::ALL.iter().position(|s| *s == name);
-        debug_assert!(index.is_some(), "unknown step {name:?}");
-        index.map(|i| &self.registry.steps[i])
+    fn step(&self, step: StepName) -> &StepMetrics {
+        &self.registry.steps[step.index()]
     }
 
     /// The text exposition of every metric, with the database's gauges read now. If the
@@ -200,7 +195,7 @@ impl Metrics {
             "histogram",
             "Duration of each attempt of a pipeline step on this replica.",
         );
-        for (name, metrics) in step::ALL.iter().zip(&r.steps) {
+        for (name, metrics) in StepName::ALL.iter().map(|s| s.as_str()).zip(&r.steps) {
             let counts: Vec<u64> = metrics
                 .duration
                 .buckets
@@ -221,7 +216,7 @@ impl Metrics {
             "counter",
             "Retries of a pipeline step after a failed attempt, on this replica.",
         );
-        for (name, metrics) in step::ALL.iter().zip(&r.steps) {
+        for (name, metrics) in StepName::ALL.iter().map(|s| s.as_str()).zip(&r.steps) {
             out.sample(
                 "contact_export_step_retries_total",
                 &[("step", name)],
@@ -233,7 +228,7 @@ impl Metrics {
             "counter",
             "Failed attempts of a pipeline step on this replica (cancellations excluded).",
         );
-        for (name, metrics) in step::ALL.iter().zip(&r.steps) {
+        for (name, metrics) in StepName::ALL.iter().map(|s| s.as_str()).zip(&r.steps) {
             out.sample(
                 "contact_export_step_failures_total",
                 &[("step", name)],
@@ -272,10 +267,10 @@ mod tests {
         metrics.rows_exported(7);
         metrics.bytes_written(100);
         metrics.bytes_written(23);
-        metrics.step_attempt(step::STREAM_EXPORT, Duration::from_millis(30), true);
-        metrics.step_attempt(step::STREAM_EXPORT, Duration::from_secs(2), false);
-        metrics.step_attempt(step::STREAM_EXPORT, Duration::from_secs(3600), false);
-        metrics.step_retried(step::STREAM_EXPORT);
+        metrics.step_attempt(StepName::StreamExport, Duration::from_millis(30), true);
+        metrics.step_attempt(StepName::StreamExport, Duration::from_secs(2), false);
+        metrics.step_attempt(StepName::StreamExport, Duration::from_secs(3600), false);
+        metrics.step_retried(StepName::StreamExport);
         let db = DatabaseGauges {
             exports_by_status: [("pending".to_owned(), 2), ("failed".to_owned(), 1)]
                 .into_iter()

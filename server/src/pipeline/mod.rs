@@ -12,20 +12,21 @@
 //! 4. [`steps::send_notification`]: mail the requester when the workspace wants it.
 //!
 //! The [`runner`] owns everything around the steps: memoisation (a succeeded step is not run
-//! again, but for metadata whose snapshot died with its worker), retries, status and progress
-//! ([`job_state`]), cancellation and the final status. Nothing here knows about gRPC.
+//! again, but for metadata whose snapshot died with its worker), retries, status and
+//! [`progress`], cancellation and the final status, every write through the claim's fenced
+//! [`crate::queue::JobWriter`]. Nothing here knows about gRPC.
 
 pub mod batches;
 pub mod copy_rows;
 pub mod csv;
 pub mod custom_fields;
-pub mod job_state;
+pub mod hooks;
+pub mod interrupts;
 pub mod progress;
 pub mod runner;
 pub mod selection;
 pub mod snapshot;
 pub mod step;
-pub mod step_store;
 pub mod steps;
 
 use std::time::Duration;
@@ -36,10 +37,14 @@ use crate::db::PgPool;
 use crate::events::Events;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
+use crate::queue::{Claim, JobWriter};
+pub use hooks::FaultHooks;
+pub use interrupts::Interrupts;
 
 /// What every job needs from the outside world.
 #[derive(Clone)]
 pub struct PipelineContext {
+    /// The jobs' own pool (not the API's, so that calls cannot starve a job's writes).
     pub pool: PgPool,
     /// For the snapshot's dedicated connection.
     pub database_url: String,
@@ -52,16 +57,39 @@ pub struct PipelineContext {
     pub retry: RetryPolicy,
     /// This replica's counters: rows and bytes written, step attempts, retries, failures.
     pub metrics: Metrics,
+    /// This replica's name, recorded as the worker of each step.
+    pub worker_id: String,
+    /// How long a job's writes (and a new snapshot) keep trying while the database cannot
+    /// be reached.
+    pub db_patience: Duration,
+    /// Faults on purpose, for tests of the real binary; none in production.
+    pub hooks: FaultHooks,
 }
 
-/// How the runner retries the stream step.
+impl PipelineContext {
+    /// The fenced writer of a claimed job.
+    pub fn job_writer(&self, claim: &Claim) -> JobWriter {
+        JobWriter::new(
+            self.pool.clone(),
+            self.events.clone(),
+            claim.fence,
+            &self.worker_id,
+        )
+        .with_patience(self.db_patience)
+    }
+}
+
+/// How the runner retries.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     /// Retries of `stream-export` inside one run of the job (the "up to 2").
     pub stream_retries: u32,
-    /// Attempts of `stream-export` across all runs (worker crashes included) before the export
-    /// is failed rather than tried again: a job that kills its worker must not loop forever.
-    pub max_total_stream_attempts: i32,
+    /// Failed attempts of a step across all runs (a crash counts, a hand-back or a lost lease
+    /// does not) before the export is failed rather than tried again.
+    pub max_failures: i32,
+    /// Claims of one job before it is failed: a job whose workers keep dying without a trace
+    /// (killed, not panicking) must not loop forever.
+    pub max_claims: i64,
     /// Delay before the first retry; doubled for each further one.
     pub backoff: Duration,
 }
@@ -70,7 +98,8 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             stream_retries: 2,
-            max_total_stream_attempts: 6,
+            max_failures: 6,
+            max_claims: 100,
             backoff: Duration::from_millis(500),
         }
     }

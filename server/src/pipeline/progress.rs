@@ -15,11 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
-use super::PipelineContext;
-use super::job_state::{JobState, ProgressWrite};
 use super::step::StepError;
+use crate::queue::{JobError, JobWriter, ProgressWrite};
 
 /// Why the stream must stop, as the progress task found out.
 #[derive(Debug, Clone)]
@@ -50,20 +48,14 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Starts the writer for `export_id`, held under `worker`'s lease. The attempt starts from
-    /// zero rows (see [`JobState::start_attempt`]).
-    pub fn spawn(ctx: &PipelineContext, export_id: Uuid, worker: &str) -> Progress {
+    /// Starts the writer of the job's progress. The attempt starts from zero rows (see
+    /// [`JobWriter::start_attempt`]).
+    pub fn spawn(job: &JobWriter) -> Progress {
         let (rows, mut latest) = watch::channel(0i64);
         let stop = Arc::new(Mutex::new(None));
         let abandoned = Arc::new(AtomicBool::new(false));
-        let (ctx, worker, found, quit) = (
-            ctx.clone(),
-            worker.to_owned(),
-            stop.clone(),
-            abandoned.clone(),
-        );
+        let (job, found, quit) = (job.clone(), stop.clone(), abandoned.clone());
         let task = tokio::spawn(async move {
-            let state = JobState::new(&ctx, export_id, &worker);
             let mut written = 0i64;
             // `changed` returns the last value still unseen after the sender is dropped, then
             // an error: the final count is always written.
@@ -75,13 +67,13 @@ impl Progress {
                 if processed == written {
                     continue;
                 }
-                let outcome = match state.write_progress(processed).await {
+                let outcome = match job.write_progress(processed).await {
                     Ok(ProgressWrite::Written) => {
                         written = processed;
                         continue;
                     }
                     Ok(ProgressWrite::Cancelled) => Stop::Cancelled,
-                    Ok(ProgressWrite::LeaseLost) => Stop::LeaseLost,
+                    Err(JobError::Fenced(_)) => Stop::LeaseLost,
                     Err(e) => Stop::Failed(e.to_string()),
                 };
                 *found.lock().expect("progress lock") = Some(outcome);

@@ -1,365 +1,515 @@
 //! Runs one claimed export through its steps: memoisation, retries, status and failure.
+//!
+//! Every write goes through the claim's [`JobWriter`], so every write is fenced: once another
+//! worker claims the job, the next write fails and this run stops without touching anything
+//! more. What counts towards the cap on attempts is a failure; a lease handed back (shutdown)
+//! or taken over (a stall) is not one.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::PipelineContext;
 use super::csv::CsvOptions;
-use super::job_state::JobState;
+use super::interrupts::Interrupts;
 use super::selection::Selection;
 use super::snapshot::Snapshot;
-use super::step::{self, FailureKind, StepError};
-use super::step_store::{self, StepRecord};
+use super::step::{FailureKind, StepError};
 use super::steps::resolve_export_metadata::{self, ExportMetadata};
 use super::steps::resolve_tag_filter::{self, TagFilter};
-use super::steps::send_notification;
+use super::steps::send_notification::{self, Notification};
 use super::steps::stream_export::{self, StoredFile, StreamInput};
 use crate::db::DbError;
 use crate::exports::{ExportRecord, ExportStatus};
+use crate::queue::{
+    Claim, CompletedFile, Completion, JobError, JobWriter, StepName, StepRecord, StepStatus,
+};
 use crate::storage;
 
-/// What can stop a running job from outside, checked between batches.
-#[derive(Debug, Clone)]
-pub struct Interrupts {
-    /// The worker's heartbeat found the lease gone: another worker owns the job.
-    pub lease_lost: CancellationToken,
-    /// The process is shutting down.
-    pub shutdown: CancellationToken,
+/// How a run ended, for the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The job is done (COMPLETED and notified, FAILED or CANCELLED).
+    Done,
+    /// Handed back (shutdown) or waiting for a replica that can mail.
+    Released,
+    /// Another worker claimed it: nothing more was written.
+    TakenOver,
+    /// Its end could not be recorded (the database stayed away): its lease will run out.
+    Abandoned,
 }
 
-impl Interrupts {
-    /// `Err` once either has fired.
-    pub fn check(&self) -> Result<(), StepError> {
-        if self.lease_lost.is_cancelled() {
-            Err(StepError::LeaseLost)
-        } else if self.shutdown.is_cancelled() {
-            Err(StepError::Shutdown)
-        } else {
-            Ok(())
-        }
-    }
-
-    async fn sleep(&self, delay: std::time::Duration) -> Result<(), StepError> {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => Ok(()),
-            _ = self.lease_lost.cancelled() => Err(StepError::LeaseLost),
-            _ = self.shutdown.cancelled() => Err(StepError::Shutdown),
-        }
-    }
-}
-
-/// Runs `export` (already leased by `worker`) to its end, or until interrupted. Failures are
-/// logged here, once, and recorded on the export.
-pub async fn run(
-    ctx: &PipelineContext,
-    export: &ExportRecord,
-    worker: &str,
-    interrupts: &Interrupts,
-) {
-    let state = JobState::new(ctx, export.id, worker);
-    let outcome = match run_steps(ctx, export, &state, worker, interrupts).await {
-        Ok(()) => return,
+/// Runs the claimed export to its end, or until interrupted. Failures are logged here, once,
+/// and recorded on the export.
+pub async fn run(ctx: &PipelineContext, claim: &Claim, interrupts: &Interrupts) -> RunEnd {
+    let export = &claim.export;
+    let job = ctx.job_writer(claim);
+    let mut run = Run {
+        ctx,
+        export,
+        job: &job,
+        interrupts,
+        records: HashMap::new(),
+    };
+    let outcome = run.steps().await;
+    let ended = match outcome {
+        Ok(end) => return end,
         Err(StepError::LeaseLost) => {
-            tracing::warn!(export_id = %export.id, "lease lost; another worker continues the job");
-            return;
+            tracing::warn!("the job was claimed again elsewhere; this run stops");
+            return RunEnd::TakenOver;
         }
         Err(StepError::Shutdown) => {
-            tracing::info!(export_id = %export.id, "shutting down; job released");
-            state.release().await
+            tracing::info!("shutting down; job handed back");
+            return match job.release().await {
+                Ok(()) => RunEnd::Released,
+                Err(e) => not_recorded(e),
+            };
         }
         Err(StepError::Cancelled) => {
-            tracing::info!(export_id = %export.id, "export cancelled");
-            state
-                .end(ExportStatus::Cancelled, "cancelled by request")
+            tracing::info!("export cancelled");
+            job.end(ExportStatus::Cancelled, "cancelled by request")
                 .await
         }
         Err(StepError::Failed { public, source, .. }) => {
-            tracing::error!(export_id = %export.id, error = %public, cause = %source, "export failed");
-            state.end(ExportStatus::Failed, &public).await
+            tracing::error!(error = %public, cause = %source, "export failed");
+            job.end(ExportStatus::Failed, &public).await
         }
     };
-    if let Err(e) = outcome {
-        tracing::warn!(export_id = %export.id, error = %e, "could not record the job's end; its lease will expire");
+    match ended {
+        Ok(()) => {
+            sweep(ctx, claim, None).await;
+            RunEnd::Done
+        }
+        Err(e) => not_recorded(e),
     }
 }
 
-async fn run_steps(
-    ctx: &PipelineContext,
-    export: &ExportRecord,
-    state: &JobState<'_>,
-    worker: &str,
-    interrupts: &Interrupts,
-) -> Result<(), StepError> {
-    let records: HashMap<String, StepRecord> = {
-        let mut conn = ctx.pool.get().await.map_err(DbError::from)?;
-        step_store::load(&mut conn, export.id)
-            .await?
-            .into_iter()
-            .map(|r| (r.step.clone(), r))
-            .collect()
-    };
-    let memo = Memo {
-        ctx,
-        state,
-        worker,
-        records: &records,
-    };
-    let selection = Selection {
-        workspace_id: export.workspace_id,
-        tag_ids: export.tag_ids.clone(),
-    };
-
-    let stored = match memo.done::<StoredFile>(step::STREAM_EXPORT) {
-        // Resumed after the file was written (say, a crash before the notification).
-        Some(stored) => stored,
-        None => {
-            state.check_cancelled().await?;
-            state.processing().await?;
-            let filter = memo
-                .run(step::RESOLVE_TAG_FILTER, async {
-                    let mut conn = ctx.pool.get().await.map_err(DbError::from)?;
-                    resolve_tag_filter::run(&mut conn, &selection).await
-                })
-                .await?;
-            let stored =
-                stream_with_retries(ctx, export, state, &memo, &selection, &filter, interrupts)
-                    .await?;
-            memo.record(step::STREAM_EXPORT, "succeeded", Some(&stored), None)
-                .await?;
-            stored
+fn not_recorded(e: JobError) -> RunEnd {
+    match e {
+        JobError::Fenced(_) => RunEnd::TakenOver,
+        JobError::Db(e) => {
+            tracing::warn!(error = %e, "could not record the job's end; its lease will run out");
+            RunEnd::Abandoned
         }
-    };
-    // Idempotent: a resumed job whose export is already COMPLETED sets the same values again.
-    state
-        .completed(
-            stored.rows,
-            &stored.storage_key,
-            stored.size_bytes,
-            &stored.sha256,
+    }
+}
+
+/// Removes the objects of the export's attempts that did not win, now that its job is done.
+/// A failure is left to the worker's periodic sweep.
+pub async fn sweep(ctx: &PipelineContext, claim: &Claim, keep: Option<&str>) {
+    let export = &claim.export;
+    let swept = async {
+        storage::sweep_strays(
+            &ctx.storage,
+            export.workspace_id,
+            export.id,
+            claim.fence.generation,
+            keep,
         )
-        .await?;
-
-    if memo
-        .done::<send_notification::Notification>(step::SEND_NOTIFICATION)
-        .is_none()
-    {
-        // A finished export stays finished: a failed mail is logged and recorded, nothing more.
-        let sent = memo
-            .run(step::SEND_NOTIFICATION, async {
-                let mut conn = ctx.pool.get().await.map_err(DbError::from)?;
-                send_notification::run(&mut conn, ctx.mailer.as_ref(), export, stored.rows).await
-            })
-            .await;
-        if let Err(StepError::Failed { public, source, .. }) = &sent {
-            tracing::error!(export_id = %export.id, error = %public, cause = %source, "notification not sent");
-        } else {
-            sent?;
-        }
-    }
-    state.job_done().await
-}
-
-/// Metadata in a fresh snapshot, then the stream, retried as the policy allows.
-async fn stream_with_retries(
-    ctx: &PipelineContext,
-    export: &ExportRecord,
-    state: &JobState<'_>,
-    memo: &Memo<'_>,
-    selection: &Selection,
-    filter: &TagFilter,
-    interrupts: &Interrupts,
-) -> Result<StoredFile, StepError> {
-    let stored = export.options();
-    let options = CsvOptions {
-        neutralize_formulas: stored.neutralize_formulas,
-        delimiter: stored.delimiter,
-        include_bom: stored.include_bom,
-        line_ending: stored.line_ending,
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut conn = ctx.pool.get().await.map_err(|e| e.to_string())?;
+        crate::queue::sweep::swept(&mut conn, export.id)
+            .await
+            .map_err(|e| e.to_string())
     };
-    let storage_key = storage::object_key(export.workspace_id, export.id);
-    let (mut snapshot, mut metadata) = if filter.matches_nothing() {
-        let empty = ExportMetadata::default();
-        memo.record(step::RESOLVE_EXPORT_METADATA, "skipped", Some(&empty), None)
-            .await?;
-        state.total_rows(0).await?;
-        (None, empty)
-    } else {
-        let (snapshot, metadata) = fresh_metadata(ctx, state, memo, selection).await?;
-        (Some(snapshot), metadata)
-    };
-
-    let mut retries_left = ctx.retry.stream_retries;
-    let mut backoff = ctx.retry.backoff;
-    loop {
-        interrupts.check()?;
-        state.step(step::STREAM_EXPORT).await?;
-        let attempts = memo.start(step::STREAM_EXPORT).await?;
-        if attempts > ctx.retry.max_total_stream_attempts {
-            let error = StepError::failed(
-                FailureKind::Fatal,
-                format!("gave up after {} attempts", attempts - 1),
-                "the stream step kept failing or its workers kept dying",
-            );
-            memo.record_failure(step::STREAM_EXPORT, &error).await?;
-            return Err(error);
-        }
-        state.start_attempt().await?;
-        let input = StreamInput {
-            snapshot: &mut snapshot,
-            selection,
-            metadata: &metadata,
-            options,
-            storage_key: &storage_key,
-        };
-        let started = Instant::now();
-        let attempt = stream_export::run(ctx, state, interrupts, input).await;
-        observe(ctx, step::STREAM_EXPORT, started, &attempt);
-        let error = match attempt {
-            Ok(stored) => return Ok(stored),
-            Err(error) => error,
-        };
-        memo.record_failure(step::STREAM_EXPORT, &error).await?;
-        let StepError::Failed {
-            kind,
-            public,
-            source,
-        } = &error
-        else {
-            return Err(error);
-        };
-        if *kind == FailureKind::Fatal || retries_left == 0 {
-            return Err(error);
-        }
-        tracing::warn!(export_id = %export.id, error = %public, cause = %source, retries_left, "stream attempt failed; retrying");
-        retries_left -= 1;
-        ctx.metrics.step_retried(step::STREAM_EXPORT);
-        interrupts.sleep(backoff).await?;
-        backoff *= 2;
-        if !filter.matches_nothing() && (*kind == FailureKind::Read || snapshot.is_none()) {
-            // The snapshot's transaction may have died with the error (or the snapshot with
-            // the task that read it): read from a new one.
-            let (fresh, recomputed) = fresh_metadata(ctx, state, memo, selection).await?;
-            snapshot = Some(fresh);
-            metadata = recomputed;
-        }
+    if let Err(e) = swept.await {
+        tracing::warn!(error = %e, "sweeping the export's stray objects failed; the periodic sweep retries");
     }
 }
 
-/// Opens a snapshot and computes its metadata. Always recomputed, even when an earlier run
-/// recorded the step as succeeded: that output described a snapshot that died with its worker.
-async fn fresh_metadata(
-    ctx: &PipelineContext,
-    state: &JobState<'_>,
-    memo: &Memo<'_>,
-    selection: &Selection,
-) -> Result<(Snapshot, ExportMetadata), StepError> {
-    state.step(step::RESOLVE_EXPORT_METADATA).await?;
-    memo.start(step::RESOLVE_EXPORT_METADATA).await?;
-    let started = Instant::now();
-    let result = async {
-        let snapshot = Snapshot::open(&ctx.database_url).await?;
-        let metadata = resolve_export_metadata::run(&snapshot, selection).await?;
-        Ok((snapshot, metadata))
-    }
-    .await;
-    observe(ctx, step::RESOLVE_EXPORT_METADATA, started, &result);
-    match result {
-        Ok((snapshot, metadata)) => {
-            memo.record(
-                step::RESOLVE_EXPORT_METADATA,
-                "succeeded",
-                Some(&metadata),
-                None,
-            )
-            .await?;
-            state.total_rows(metadata.total_rows).await?;
-            Ok((snapshot, metadata))
-        }
-        Err(error) => {
-            memo.record_failure(step::RESOLVE_EXPORT_METADATA, &error)
-                .await?;
-            Err(error)
-        }
-    }
-}
-
-/// Counts one attempt of a step in this replica's metrics.
-fn observe<T>(ctx: &PipelineContext, name: &str, started: Instant, result: &Result<T, StepError>) {
-    let failed = matches!(result, Err(StepError::Failed { .. }));
-    ctx.metrics.step_attempt(name, started.elapsed(), failed);
-}
-
-/// The persisted steps of one export.
-struct Memo<'a> {
+/// One run of one claimed export.
+struct Run<'a> {
     ctx: &'a PipelineContext,
-    state: &'a JobState<'a>,
-    worker: &'a str,
-    records: &'a HashMap<String, StepRecord>,
+    export: &'a ExportRecord,
+    job: &'a JobWriter,
+    interrupts: &'a Interrupts,
+    /// The step records as this run found them.
+    records: HashMap<StepName, StepRecord>,
 }
 
-impl Memo<'_> {
-    /// The output of a step that succeeded in an earlier run.
-    fn done<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
-        self.records
-            .get(name)
-            .and_then(StepRecord::succeeded_output)
+impl Run<'_> {
+    async fn steps(&mut self) -> Result<RunEnd, StepError> {
+        self.records = self.load_records().await?;
+        if self.job.fence().generation > self.ctx.retry.max_claims {
+            return Err(StepError::failed(
+                FailureKind::Fatal,
+                format!(
+                    "gave up after {} runs that did not finish (their workers kept stopping)",
+                    self.ctx.retry.max_claims
+                ),
+                "the claim cap was reached",
+            ));
+        }
+        let selection = Selection {
+            workspace_id: self.export.workspace_id,
+            tag_ids: self.export.tag_ids.clone(),
+        };
+        let stored = match self.done::<StoredFile>(StepName::StreamExport)? {
+            // Resumed after the file was written (a crash before the notification).
+            Some(stored) => stored,
+            None => {
+                if self.job.cancel_requested().await? {
+                    return Err(StepError::Cancelled);
+                }
+                self.job.processing().await?;
+                let filter = self
+                    .memo(StepName::ResolveTagFilter, async {
+                        let mut conn = self.ctx.pool.get().await.map_err(DbError::from)?;
+                        resolve_tag_filter::run(&mut conn, &selection).await
+                    })
+                    .await?;
+                self.stream_with_retries(&selection, &filter).await?
+            }
+        };
+        // The file is the export's now: nothing that follows may fail the export.
+        match self.after_file(&stored).await {
+            Err(StepError::Failed { public, source, .. }) => {
+                tracing::warn!(error = %public, cause = %source, "the job could not finish after its file was written; a later run resumes it");
+                Ok(RunEnd::Abandoned)
+            }
+            other => other,
+        }
+    }
+
+    /// The notification (unless sent already), then the end of the job.
+    async fn after_file(&self, stored: &StoredFile) -> Result<RunEnd, StepError> {
+        if self
+            .done::<Notification>(StepName::SendNotification)?
+            .is_none()
+            && self.notify(stored.rows).await? == RunEnd::Released
+        {
+            return Ok(RunEnd::Released);
+        }
+        self.job.job_done().await?;
+        sweep(
+            self.ctx,
+            &Claim {
+                export: self.export.clone(),
+                fence: self.job.fence(),
+            },
+            Some(&stored.storage_key),
+        )
+        .await;
+        Ok(RunEnd::Done)
+    }
+
+    async fn load_records(&self) -> Result<HashMap<StepName, StepRecord>, StepError> {
+        let mut conn = self.ctx.pool.get().await.map_err(DbError::from)?;
+        Ok(crate::queue::steps::load(&mut conn, self.export.id).await?)
+    }
+
+    /// The output of a step that succeeded (or was skipped) in an earlier run.
+    fn done<T: DeserializeOwned>(&self, step: StepName) -> Result<Option<T>, StepError> {
+        match self.records.get(&step) {
+            Some(record) => Ok(record.done_output()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Failed attempts of `step` so far.
+    fn failures(&self, step: StepName) -> i32 {
+        self.records.get(&step).map_or(0, |r| r.failures)
     }
 
     /// Runs a step unless it succeeded before, and records how it ended.
-    async fn run<T, F>(&self, name: &str, step: F) -> Result<T, StepError>
+    async fn memo<T, F>(&self, step: StepName, run: F) -> Result<T, StepError>
     where
         T: Serialize + DeserializeOwned,
         F: Future<Output = Result<T, StepError>>,
     {
-        if let Some(output) = self.done(name) {
+        if let Some(output) = self.done(step)? {
             return Ok(output);
         }
-        self.state.step(name).await?;
-        self.start(name).await?;
-        let started = Instant::now();
-        let result = step.await;
-        observe(self.ctx, name, started, &result);
-        match result {
-            Ok(output) => {
-                self.record(name, "succeeded", Some(&output), None).await?;
-                Ok(output)
-            }
-            Err(error) => {
-                self.record_failure(name, &error).await?;
-                Err(error)
+        self.attempt(step, run, |output| {
+            Some((StepStatus::Succeeded, to_json(output)))
+        })
+        .await
+    }
+
+    /// One attempt of `step`, recorded, timed and logged. `record` says how a success is
+    /// recorded: a status and output, or `None` when the step's run recorded it itself.
+    async fn attempt<T, F>(
+        &self,
+        step: StepName,
+        run: F,
+        record: impl FnOnce(&T) -> Option<(StepStatus, serde_json::Value)>,
+    ) -> Result<T, StepError>
+    where
+        F: Future<Output = Result<T, StepError>>,
+    {
+        let start = self.job.step_started(step).await?;
+        let span = tracing::info_span!("step", step = %step, attempt = start.attempts);
+        async {
+            self.ctx.hooks.before_step(step);
+            let started = Instant::now();
+            let result = run.await;
+            self.observe(step, started, &result);
+            match result {
+                Ok(output) => {
+                    if let Some((status, json)) = record(&output) {
+                        self.job.step_finished(step, status, &json).await?;
+                    }
+                    Ok(output)
+                }
+                Err(error) => {
+                    self.record_failure(step, &error).await?;
+                    Err(error)
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
-    async fn start(&self, name: &str) -> Result<i32, StepError> {
-        let mut conn = self.ctx.pool.get().await.map_err(DbError::from)?;
-        Ok(step_store::start(&mut conn, self.state.export_id, name, self.worker).await?)
-    }
-
-    async fn record<T: Serialize>(
-        &self,
-        name: &str,
-        status: &str,
-        output: Option<&T>,
-        error: Option<&str>,
-    ) -> Result<(), StepError> {
-        let mut conn = self.ctx.pool.get().await.map_err(DbError::from)?;
-        step_store::finish(&mut conn, self.state.export_id, name, status, output, error).await?;
+    /// Records a failed attempt with its full cause (this table is for operators, not
+    /// callers). Interruptions are not failures: the step stays `running` until a run
+    /// finishes it.
+    async fn record_failure(&self, step: StepName, error: &StepError) -> Result<(), StepError> {
+        if matches!(error, StepError::Failed { .. }) {
+            self.job.step_failed(step, &error.to_string()).await?;
+        }
         Ok(())
     }
 
-    /// Records a failed attempt with its full cause (this table is for operators, not callers).
-    async fn record_failure(&self, name: &str, error: &StepError) -> Result<(), StepError> {
-        if matches!(error, StepError::LeaseLost) {
-            // The job is another worker's now: its records are not ours to write.
-            return Ok(());
-        }
-        let text = error.to_string();
-        self.record::<()>(name, "failed", None, Some(&text)).await
+    /// Counts one attempt of a step in this replica's metrics and logs its end, once.
+    fn observe<T>(&self, step: StepName, started: Instant, result: &Result<T, StepError>) {
+        let elapsed = started.elapsed();
+        let failed = matches!(result, Err(StepError::Failed { .. }));
+        self.ctx.metrics.step_attempt(step, elapsed, failed);
+        let outcome = match result {
+            Ok(_) => "succeeded",
+            Err(StepError::Failed { .. }) => "failed",
+            Err(StepError::Cancelled) => "cancelled",
+            Err(StepError::LeaseLost) => "taken over",
+            Err(StepError::Shutdown) => "handed back",
+        };
+        tracing::info!(
+            duration_ms = elapsed.as_millis() as u64,
+            outcome,
+            "step ended"
+        );
     }
+
+    /// Metadata in a fresh snapshot, then the stream, retried as the policy allows; returns
+    /// once the export is COMPLETED.
+    async fn stream_with_retries(
+        &self,
+        selection: &Selection,
+        filter: &TagFilter,
+    ) -> Result<StoredFile, StepError> {
+        let stored = self.export.options();
+        let options = CsvOptions {
+            neutralize_formulas: stored.neutralize_formulas,
+            delimiter: stored.delimiter,
+            include_bom: stored.include_bom,
+            line_ending: stored.line_ending,
+        };
+        let fence = self.job.fence();
+        let storage_key =
+            storage::attempt_key(self.export.workspace_id, self.export.id, fence.generation);
+        let (mut snapshot, mut metadata) = if filter.matches_nothing() {
+            let empty = ExportMetadata::default();
+            self.job
+                .step_started(StepName::ResolveExportMetadata)
+                .await?;
+            self.job
+                .step_finished(
+                    StepName::ResolveExportMetadata,
+                    StepStatus::Skipped,
+                    &to_json(&empty),
+                )
+                .await?;
+            self.job.total_rows(0).await?;
+            (None, empty)
+        } else {
+            let (snapshot, metadata) = self.fresh_metadata(selection).await?;
+            (Some(snapshot), metadata)
+        };
+
+        let step = StepName::StreamExport;
+        let mut failures = self.failures(step);
+        let mut retries_left = self.ctx.retry.stream_retries;
+        let mut backoff = self.ctx.retry.backoff;
+        loop {
+            self.interrupts.check()?;
+            if failures >= self.ctx.retry.max_failures {
+                let last = self
+                    .records
+                    .get(&step)
+                    .and_then(|r| r.error.clone())
+                    .unwrap_or_default();
+                return Err(StepError::failed(
+                    FailureKind::Fatal,
+                    format!("gave up after {failures} failed attempts"),
+                    format!("the stream step kept failing; the last attempt: {last}"),
+                ));
+            }
+            let attempt = async {
+                let input = StreamInput {
+                    snapshot: &mut snapshot,
+                    selection,
+                    metadata: &metadata,
+                    options,
+                    storage_key: &storage_key,
+                };
+                self.job.start_attempt().await?;
+                stream_export::run(self.ctx, self.job, self.interrupts, input).await
+            };
+            // The completion records the step's success, in the transaction that makes the
+            // export COMPLETED.
+            let attempt = attempt_then_complete(self, attempt, &storage_key);
+            let error = match self.attempt(step, attempt, |_| None).await {
+                Ok(stored) => return Ok(stored),
+                Err(error) => error,
+            };
+            let StepError::Failed {
+                kind,
+                public,
+                source,
+            } = &error
+            else {
+                return Err(error);
+            };
+            failures += 1;
+            if *kind == FailureKind::Fatal || retries_left == 0 {
+                return Err(error);
+            }
+            tracing::warn!(error = %public, cause = %source, retries_left, "stream attempt failed; retrying");
+            retries_left -= 1;
+            self.ctx.metrics.step_retried(step);
+            self.interrupts.sleep(backoff).await?;
+            backoff *= 2;
+            if !filter.matches_nothing() && (*kind == FailureKind::Read || snapshot.is_none()) {
+                // The snapshot's transaction may have died with the error (or the snapshot with
+                // the task that read it): read from a new one.
+                let (fresh, recomputed) = self.fresh_metadata(selection).await?;
+                snapshot = Some(fresh);
+                metadata = recomputed;
+            }
+        }
+    }
+
+    /// Opens a snapshot and computes its metadata. Always recomputed, even when an earlier
+    /// run recorded the step as succeeded: that output described a snapshot that died with
+    /// its worker.
+    async fn fresh_metadata(
+        &self,
+        selection: &Selection,
+    ) -> Result<(Snapshot, ExportMetadata), StepError> {
+        let (snapshot, metadata) = self
+            .attempt(
+                StepName::ResolveExportMetadata,
+                async {
+                    let snapshot = self.open_snapshot().await?;
+                    let metadata = resolve_export_metadata::run(&snapshot, selection).await?;
+                    Ok((snapshot, metadata))
+                },
+                |(_, metadata)| Some((StepStatus::Succeeded, to_json(metadata))),
+            )
+            .await?;
+        self.job.total_rows(metadata.total_rows).await?;
+        Ok((snapshot, metadata))
+    }
+
+    /// A new snapshot; while the database cannot be reached, tried again with backoff for as
+    /// long as the job's writes are (an outage of a few seconds delays the export).
+    async fn open_snapshot(&self) -> Result<Snapshot, StepError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match Snapshot::open(&self.ctx.database_url).await {
+                Ok(snapshot) => return Ok(snapshot),
+                Err(e) if e.is_transient() && started.elapsed() < self.job.patience() => {
+                    tracing::debug!(error = %e, "cannot open a snapshot yet; retrying");
+                    self.interrupts.sleep(backoff).await?;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(StepError::read(e)),
+            }
+        }
+    }
+
+    /// The notification step, unless the workspace wants none. A replica without a mail
+    /// transport does not record it: it leaves the job to a replica that has one.
+    async fn notify(&self, rows: i64) -> Result<RunEnd, StepError> {
+        let step = StepName::SendNotification;
+        let recipient = {
+            let mut conn = self.ctx.pool.get().await.map_err(DbError::from)?;
+            send_notification::recipient(&mut conn, self.export).await?
+        };
+        let sent = match recipient {
+            Err(skipped) => {
+                self.attempt(step, async { Ok(skipped) }, |skipped| {
+                    Some((StepStatus::Skipped, to_json(skipped)))
+                })
+                .await
+            }
+            Ok(to) => match &self.ctx.mailer {
+                None => {
+                    tracing::info!("no mail transport here; the job waits for a replica with one");
+                    self.job.await_mailer().await?;
+                    return Ok(RunEnd::Released);
+                }
+                Some(mailer) => {
+                    let sent = send_notification::send(mailer, self.export, to, rows);
+                    self.attempt(step, sent, |sent| {
+                        Some((StepStatus::Succeeded, to_json(sent)))
+                    })
+                    .await
+                }
+            },
+        };
+        match sent {
+            Ok(_) => Ok(RunEnd::Done),
+            // A finished export stays finished: a failed mail is logged and recorded, nothing
+            // more.
+            Err(StepError::Failed { public, source, .. }) => {
+                tracing::error!(error = %public, cause = %source, "notification not sent");
+                Ok(RunEnd::Done)
+            }
+            Err(interrupted) => Err(interrupted),
+        }
+    }
+}
+
+/// The stream attempt, then the completion that makes its file the export's. An attempt
+/// whose file cannot become the export's (a cancel came first, or another claim holds the job)
+/// removes its own object.
+async fn attempt_then_complete(
+    run: &Run<'_>,
+    attempt: impl Future<Output = Result<StoredFile, StepError>>,
+    storage_key: &str,
+) -> Result<StoredFile, StepError> {
+    let stored = attempt.await?;
+    let file = CompletedFile {
+        storage_key: &stored.storage_key,
+        size_bytes: stored.size_bytes,
+        sha256: &stored.sha256,
+        rows: stored.rows,
+    };
+    let lost = match run
+        .job
+        .complete(StepName::StreamExport, &to_json(&stored), &file)
+        .await
+    {
+        Ok(Completion::Completed) => return Ok(stored),
+        Ok(Completion::Cancelled) => StepError::Cancelled,
+        Err(JobError::Fenced(_)) => StepError::LeaseLost,
+        // Whether the completion committed is unknown: the object stays, and the sweep at the
+        // job's end removes it unless the export points at it.
+        Err(JobError::Db(e)) => return Err(StepError::read(e)),
+    };
+    if let Err(e) = run.ctx.storage.delete(storage_key).await {
+        tracing::warn!(error = %e, key = storage_key, "removing the attempt's object failed; the sweep retries");
+    }
+    Err(lost)
+}
+
+fn to_json<T: Serialize>(output: &T) -> serde_json::Value {
+    serde_json::to_value(output).expect("step outputs serialise")
 }

@@ -1,17 +1,4 @@
-//! Step names and the ways a step can end other than success.
-
-/// The steps of `process-export`, in order.
-pub const RESOLVE_TAG_FILTER: &str = "resolve-tag-filter";
-pub const RESOLVE_EXPORT_METADATA: &str = "resolve-export-metadata";
-pub const STREAM_EXPORT: &str = "stream-export";
-pub const SEND_NOTIFICATION: &str = "send-notification";
-/// All of them, in order.
-pub const ALL: [&str; 4] = [
-    RESOLVE_TAG_FILTER,
-    RESOLVE_EXPORT_METADATA,
-    STREAM_EXPORT,
-    SEND_NOTIFICATION,
-];
+//! The ways a step can end other than success, and what a retry must redo.
 
 /// Why a step did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -88,5 +75,26 @@ impl From<diesel::result::Error> for StepError {
 impl From<crate::db::DbError> for StepError {
     fn from(e: crate::db::DbError) -> Self {
         StepError::read(e)
+    }
+}
+
+impl From<crate::queue::JobError> for StepError {
+    fn from(e: crate::queue::JobError) -> Self {
+        match e {
+            crate::queue::JobError::Fenced(_) => StepError::LeaseLost,
+            crate::queue::JobError::Db(e) => StepError::read(e),
+        }
+    }
+}
+
+impl From<crate::queue::UnreadableOutput> for StepError {
+    /// A stored output that does not read fails the export: running the step again over what
+    /// it did could not be right.
+    fn from(e: crate::queue::UnreadableOutput) -> Self {
+        StepError::failed(
+            FailureKind::Fatal,
+            format!("the record of step {} cannot be read", e.step),
+            e,
+        )
     }
 }

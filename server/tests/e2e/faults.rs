@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use contact_export_client::{Export, ExportClient, ExportStatus};
 use contact_export_server::mail::Mailer;
-use contact_export_server::storage::object_key;
+use contact_export_server::storage::attempt_key;
 use diesel::sql_types::{Bool, Int4, Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use futures::StreamExt;
@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::expected::expected_csv;
 use super::failing_storage::WriteFaults;
 use super::fixture::Contact;
-use super::harness::{AppOptions, TestApp, TestDb, within};
+use super::harness::{AppOptions, TestApp, TestDb, objects_of, within};
 use super::{all_contacts, download_all, run_export};
 
 /// What the caller reads when the file could not be written: no storage internals.
@@ -119,10 +119,10 @@ pub async fn wait_for_job_done(db: &TestDb, export_id: Uuid) {
 }
 
 async fn assert_no_object(app: &TestApp, workspace_id: Uuid, export_id: Uuid) {
-    let key = object_key(workspace_id, export_id);
+    let left = objects_of(&app.storage, workspace_id, export_id).await;
     assert!(
-        !app.storage.exists(&key).await.expect("stat"),
-        "no object may remain at {key}"
+        left.is_empty(),
+        "no object of the export may remain: {left:?}"
     );
 }
 
@@ -262,7 +262,7 @@ async fn leave_dead_worker_rows(
 ) {
     let mut conn = db.conn().await;
     let n = diesel::sql_query(format!(
-        "UPDATE exports SET lease_owner = 'dead-worker', \
+        "UPDATE exports SET lease_owner = 'dead-worker', lease_generation = 1, \
          lease_expires_at = now() - interval '1 second', current_step = 'stream-export', \
          attempt = 1, started_at = '{DEAD_WORKER_TIME}', {export_update} WHERE id = $1"
     ))
@@ -289,7 +289,7 @@ async fn leave_dead_worker_rows(
 }
 
 /// A mailer writing `.eml` files into `dir`.
-fn file_mailer(dir: &tempfile::TempDir) -> Mailer {
+pub fn file_mailer(dir: &tempfile::TempDir) -> Mailer {
     Mailer::from_url(
         &format!("file://{}", dir.path().display()),
         "exports@example.com",
@@ -395,7 +395,8 @@ async fn a_job_whose_worker_died_mid_stream_resumes_elsewhere_with_fresh_metadat
     assert_eq!((stream.status.as_str(), stream.attempts), ("succeeded", 2));
     assert_eq!(
         stream.output.as_ref().unwrap()["storage_key"],
-        json!(object_key(workspace_id, export_id))
+        json!(attempt_key(workspace_id, export_id, 2)),
+        "the second claim's own object"
     );
     let notification = &steps["send-notification"];
     assert_eq!(
@@ -423,7 +424,7 @@ async fn a_job_whose_worker_died_after_the_file_was_written_only_sends_the_notif
     // The dead worker wrote the file, marked the export COMPLETED and died before the mail.
     let refs: Vec<&Contact> = contacts.iter().collect();
     let file = expected_csv(&refs, true);
-    let key = object_key(api.ws.id, export_id);
+    let key = attempt_key(api.ws.id, export_id, 1);
     api.storage.write(&key, file.clone()).await.unwrap();
     let sha256 = hex::encode(Sha256::digest(file.as_bytes()));
     let stored = json!({

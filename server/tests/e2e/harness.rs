@@ -11,7 +11,7 @@ use contact_export_server::db;
 use contact_export_server::dev::fixture::CRM_SCHEMA;
 use contact_export_server::mail::Mailer;
 use contact_export_server::pg::cluster::Cluster;
-use contact_export_server::pipeline::RetryPolicy;
+use contact_export_server::pipeline::{FaultHooks, RetryPolicy};
 use contact_export_server::tls::TlsSettings;
 use contact_export_server::worker::WorkerConfig;
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
@@ -215,7 +215,8 @@ impl Default for AppOptions {
             workers: 2,
             retry: RetryPolicy {
                 stream_retries: 2,
-                max_total_stream_attempts: 6,
+                max_failures: 6,
+                max_claims: 100,
                 backoff: Duration::from_millis(20),
             },
             lease: Duration::from_secs(30),
@@ -266,6 +267,8 @@ impl TestApp {
             retry: options.retry,
             tls: options.tls.as_ref().map(|tls| tls.server.clone()),
             max_queued_exports: options.max_queued_exports,
+            shutdown_timeout: Duration::from_secs(20),
+            hooks: FaultHooks::default(),
         };
         let app = Application::build(settings)
             .await
@@ -327,4 +330,31 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
     tokio::time::timeout(Duration::from_secs(60), future)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Every object in `storage` that belongs to export `export_id` of `workspace_id` (whatever
+/// attempt wrote it), and any unfinished `fs` file of it.
+pub async fn objects_of(
+    storage: &Operator,
+    workspace_id: uuid::Uuid,
+    export_id: uuid::Uuid,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    for prefix in [
+        format!("exports/{workspace_id}/"),
+        contact_export_server::storage::FS_PARTIAL_DIR.to_owned(),
+    ] {
+        let entries = match storage.list_with(&prefix).recursive(true).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => continue,
+            Err(e) => panic!("listing {prefix}: {e}"),
+        };
+        found.extend(
+            entries
+                .into_iter()
+                .filter(|e| e.metadata().is_file() && e.path().contains(&export_id.to_string()))
+                .map(|e| e.path().to_owned()),
+        );
+    }
+    found
 }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::failing_storage::WriteFaults;
-use super::faults::wait_for_job_done;
+use super::faults::{file_mailer, wait_for_job_done};
 use super::fixture::Contact;
 use super::harness::{AppOptions, TestApp, within};
 use super::{all_contacts, download_all, run_export};
@@ -101,9 +101,12 @@ fn contacts(n: u32) -> Vec<Contact> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_shows_the_running_export_and_afterwards_what_it_wrote() {
     let faults = WriteFaults::hold_writes(256);
+    // A replica that can mail, so that the job runs to its end here.
+    let mail_dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn_with(AppOptions {
         storage: faults.operator(),
         metrics: true,
+        mailer: Some(file_mailer(&mail_dir)),
         ..AppOptions::default()
     })
     .await;

@@ -203,11 +203,14 @@ struct JobRow {
     user_id: Uuid,
     #[diesel(sql_type = Nullable<Text>)]
     lease_owner: Option<String>,
+    #[diesel(sql_type = Bool)]
+    needs_mailer: bool,
 }
 
 async fn job_row(conn: &mut AsyncPgConnection, export_id: Uuid) -> JobRow {
     diesel::sql_query(
-        "SELECT status, job_done, error_message, user_id, lease_owner FROM exports WHERE id = $1",
+        "SELECT status, job_done, error_message, user_id, lease_owner, needs_mailer \
+         FROM exports WHERE id = $1",
     )
     .bind::<diesel::sql_types::Uuid, _>(export_id)
     .get_result(conn)
@@ -215,9 +218,19 @@ async fn job_row(conn: &mut AsyncPgConnection, export_id: Uuid) -> JobRow {
     .expect("the export row")
 }
 
-/// Waits for every step of the job to have run (`job_done`), woken by the `export_changed`
-/// NOTIFY that each update of the export fires; returns the row.
+/// Waits for every step of the job to have run (`job_done`); returns the row.
 async fn job_done(db: &TestDb, export_id: Uuid) -> JobRow {
+    job_row_when(db, export_id, "the job to be done", |row| row.job_done).await
+}
+
+/// Waits until the export's row is as `wanted` says, woken by the `export_changed` NOTIFY that
+/// each update of the export fires; returns the row.
+async fn job_row_when(
+    db: &TestDb,
+    export_id: Uuid,
+    what: &str,
+    wanted: impl Fn(&JobRow) -> bool,
+) -> JobRow {
     let mut listener = db.conn().await;
     diesel::sql_query("LISTEN export_changed")
         .execute(&mut listener)
@@ -225,12 +238,12 @@ async fn job_done(db: &TestDb, export_id: Uuid) -> JobRow {
         .unwrap();
     let mut conn = db.conn().await;
     let id = export_id.to_string();
-    within("the job to be done", async {
+    within(what, async {
         let mut notifications = std::pin::pin!(listener.notifications_stream());
         // Read after LISTEN: a change after this read is announced on the stream.
         loop {
             let row = job_row(&mut conn, export_id).await;
-            if row.job_done {
+            if wanted(&row) {
                 return row;
             }
             loop {
@@ -358,7 +371,7 @@ async fn no_mail_when_the_workspace_turned_notifications_off() {
     // The job is done, and the step would have sent before that: nothing will come.
     assert!(smtp.received().is_empty(), "{:#?}", smtp.received());
     let step = notification_step(&app.db, id).await;
-    assert_eq!(step.status, "succeeded", "{step:?}");
+    assert_eq!(step.status, "skipped", "{step:?}");
     assert_eq!(
         step.output,
         Some(json!({"outcome": "skipped", "reason": "notifications disabled for the workspace"}))
@@ -378,7 +391,7 @@ async fn a_requester_without_email_is_skipped_silently() {
     let (id, _) = completed_job(&app, &ws, all_contacts()).await;
     assert!(smtp.received().is_empty(), "{:#?}", smtp.received());
     let step = notification_step(&app.db, id).await;
-    assert_eq!(step.status, "succeeded", "{step:?}");
+    assert_eq!(step.status, "skipped", "{step:?}");
     assert_eq!(
         step.output,
         Some(json!({"outcome": "skipped", "reason": "requester has no email address"}))
@@ -407,30 +420,33 @@ async fn an_smtp_failure_never_fails_a_finished_export() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_resumed_after_completed_only_sends_the_mail() {
-    // A replica without mail runs the export; its notification step is then undone, as if its
-    // worker had died between COMPLETED and the mail.
+async fn a_replica_without_mail_leaves_the_mail_to_one_that_has_it() {
+    // A replica without a mail transport runs the export: the file is done, the mail is not,
+    // and it does not record the step as if it were.
     let first = TestApp::spawn().await;
     first.ws.insert(&first.db, &[Contact::numbered(1)]).await;
-    let (id, _) = completed_job(&first, &first.ws, all_contacts()).await;
-    let before = first.ws.client.get(&id.to_string()).await.unwrap();
-    let (token, user_id) = (first.ws.token.clone(), first.ws.user_id);
-    let db = first.stop().await;
-    let mut conn = db.conn().await;
-    diesel::sql_query(
-        "DELETE FROM export_steps WHERE export_id = $1 AND step = 'send-notification'",
+    let done = run_export(&first.ws.client, all_contacts()).await;
+    assert_eq!(done.status(), ExportStatus::Completed, "{done:?}");
+    let id: Uuid = done.id.parse().unwrap();
+    let waiting = job_row_when(&first.db, id, "the job to wait for a mailer", |row| {
+        row.needs_mailer
+    })
+    .await;
+    assert!(!waiting.job_done, "the mail is still owed");
+    assert_eq!(waiting.lease_owner, None, "released for a replica with mail");
+    let steps: Vec<StepRow> = diesel::sql_query(
+        "SELECT status, attempts, output, error FROM export_steps \
+         WHERE export_id = $1 AND step = 'send-notification'",
     )
     .bind::<diesel::sql_types::Uuid, _>(id)
-    .execute(&mut conn)
+    .load(&mut first.db.conn().await)
     .await
     .unwrap();
-    diesel::sql_query("UPDATE exports SET job_done = false WHERE id = $1")
-        .bind::<diesel::sql_types::Uuid, _>(id)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    assert!(steps.is_empty(), "not recorded as done: {steps:?}");
+    let (token, user_id) = (first.ws.token.clone(), first.ws.user_id);
+    let db = first.stop().await;
 
-    // A new replica with mail claims the job at start.
+    // A replica with mail claims the job at start and sends the mail, once.
     let smtp = SmtpListener::start();
     let second = TestApp::spawn_on(
         db,
@@ -444,6 +460,7 @@ async fn a_job_resumed_after_completed_only_sends_the_mail() {
     let job = job_done(&second.db, id).await;
     assert_eq!(job.status, "completed");
     assert_eq!(job.error_message, None);
+    assert!(!job.needs_mailer);
     let to = email_of(&second.db, user_id).await.unwrap();
     assert_eq!(smtp.received().len(), 1, "{mail:#?}");
     assert_eq!(mail[0].to, vec![to.clone()]);
@@ -464,5 +481,5 @@ async fn a_job_resumed_after_completed_only_sends_the_mail() {
     .unwrap();
     assert_eq!(stream.attempts, 1, "{stream:?}");
     let client = second.client_with_token(&token).await;
-    assert_eq!(client.get(&id.to_string()).await.unwrap(), before);
+    assert_eq!(client.get(&id.to_string()).await.unwrap(), done);
 }

@@ -44,8 +44,11 @@ async fn a_large_export_is_uploaded_to_s3_in_parts_and_downloads_whole() {
     assert_eq!(export.processed_rows, 12_000);
     assert!(export.size_bytes > 8 << 20, "{export:?}");
 
-    let key =
-        contact_export_server::storage::object_key(app.ws.id, export.id.parse().expect("a UUID"));
+    let key = contact_export_server::storage::attempt_key(
+        app.ws.id,
+        export.id.parse().expect("a UUID"),
+        1,
+    );
     let object = s3.operator().stat(&key).await.expect("the object is in S3");
     assert_eq!(object.content_length(), export.size_bytes as u64);
     assert_eq!(object.content_type(), Some("text/csv; charset=utf-8"));

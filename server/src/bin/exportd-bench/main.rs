@@ -236,8 +236,7 @@ impl Bench<'_> {
         let outcome = async {
             eprint!("run {run}/{runs}: full export… ");
             let cpu_before = service.cpu_time()?;
-            let full =
-                measure::export(&client, &self.database_url, data.demo.workspace_id, &[]).await?;
+            let full = measure::export(&client, &self.database_url, &[]).await?;
             let rss_large = service.peak_rss()?;
             let full_cpu = service.cpu_time()? - cpu_before;
             eprintln!("{:.2} s", full.wall.as_secs_f64());
@@ -255,13 +254,7 @@ impl Bench<'_> {
 
             eprint!("run {run}/{runs}: tag-filtered export… ");
             let cpu_before = service.cpu_time()?;
-            let tagged = measure::export(
-                &client,
-                &self.database_url,
-                data.demo.workspace_id,
-                &data.tag_filter,
-            )
-            .await?;
+            let tagged = measure::export(&client, &self.database_url, &data.tag_filter).await?;
             let tagged_cpu = service.cpu_time()? - cpu_before;
             eprintln!("{:.2} s", tagged.wall.as_secs_f64());
 
@@ -311,13 +304,7 @@ impl Bench<'_> {
         );
         let service = Exportd::start(self.exportd_config(&data.second.token)).await?;
         let small = async {
-            let small = measure::export(
-                service.client(),
-                &self.database_url,
-                data.second.workspace_id,
-                &[],
-            )
-            .await?;
+            let small = measure::export(service.client(), &self.database_url, &[]).await?;
             anyhow::Ok((small, service.peak_rss()?))
         }
         .await;

@@ -16,7 +16,6 @@ use tokio::process::Command;
 use uuid::Uuid;
 
 use contact_export_server::db;
-use contact_export_server::storage;
 
 /// One export through the service, as a watcher saw it.
 pub struct ExportRun {
@@ -64,7 +63,6 @@ impl ExportRun {
 pub async fn export(
     client: &ExportClient,
     database_url: &str,
-    workspace_id: Uuid,
     tag_ids: &[Uuid],
 ) -> anyhow::Result<ExportRun> {
     let request = CreateExportRequest {
@@ -116,7 +114,7 @@ pub async fn export(
     };
     let id: Uuid = export.id.parse().context("the export id is not a UUID")?;
     Ok(ExportRun {
-        object_key: storage::object_key(workspace_id, id),
+        object_key: storage_key(database_url, id).await?,
         steps: step_times(database_url, id).await?,
         id: export.id,
         wall,
@@ -141,6 +139,21 @@ fn seconds_between(from: prost_types::Timestamp, to: prost_types::Timestamp) -> 
 }
 
 /// How long each pipeline step of export `id` took, as the runner recorded it.
+/// The key of the object a COMPLETED export points at.
+async fn storage_key(database_url: &str, id: Uuid) -> anyhow::Result<String> {
+    #[derive(QueryableByName)]
+    struct Key {
+        #[diesel(sql_type = Text)]
+        storage_key: String,
+    }
+    let mut conn = db::connect(database_url).await?;
+    let Key { storage_key } = sql_query("SELECT storage_key FROM exports WHERE id = $1")
+        .bind::<SqlUuid, _>(id)
+        .get_result(&mut conn)
+        .await?;
+    Ok(storage_key)
+}
+
 async fn step_times(database_url: &str, id: Uuid) -> anyhow::Result<Vec<(String, Option<f64>)>> {
     #[derive(QueryableByName)]
     struct StepTime {

@@ -1,4 +1,8 @@
 //! Step 4: tell the requester that the file is ready, if the workspace wants mail.
+//!
+//! Whether mail is wanted depends on the CRM's data only; whether this replica can send it is
+//! the runner's concern (a replica without a mail transport leaves the step to one that has
+//! one, rather than recording it done).
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -23,16 +27,12 @@ fn skipped(reason: &str) -> Notification {
     }
 }
 
-/// Sends the mail, or says why it was not sent.
-pub async fn run(
+/// Who is to get the mail: `Ok(address)`, or `Err` with the output of a skipped step. The
+/// answer comes from the CRM's data alone, so every replica reaches the same one.
+pub async fn recipient(
     conn: &mut AsyncPgConnection,
-    mailer: Option<&Mailer>,
     export: &ExportRecord,
-    rows: i64,
-) -> Result<Notification, StepError> {
-    let Some(mailer) = mailer else {
-        return Ok(skipped("no mail transport configured"));
-    };
+) -> Result<Result<String, Notification>, StepError> {
     let enabled: Option<bool> = workspaces::table
         .find(export.workspace_id)
         .select(workspaces::notifications_enabled)
@@ -40,7 +40,7 @@ pub async fn run(
         .await
         .optional()?;
     if enabled != Some(true) {
-        return Ok(skipped("notifications disabled for the workspace"));
+        return Ok(Err(skipped("notifications disabled for the workspace")));
     }
     let email: Option<Option<String>> = users::table
         .find(export.user_id)
@@ -48,9 +48,19 @@ pub async fn run(
         .first(conn)
         .await
         .optional()?;
-    let Some(to) = email.flatten().filter(|e| !e.trim().is_empty()) else {
-        return Ok(skipped("requester has no email address"));
-    };
+    match email.flatten().filter(|e| !e.trim().is_empty()) {
+        Some(to) => Ok(Ok(to)),
+        None => Ok(Err(skipped("requester has no email address"))),
+    }
+}
+
+/// Sends the mail to `to`.
+pub async fn send(
+    mailer: &Mailer,
+    export: &ExportRecord,
+    to: String,
+    rows: i64,
+) -> Result<Notification, StepError> {
     let subject = format!("Your contact export {} is ready", export.filename);
     let body = format!(
         "Your export of {rows} contacts is ready.\n\n\

@@ -10,12 +10,12 @@ use crate::pipeline::PipelineContext;
 use crate::pipeline::batches::{Batches, ReadError};
 use crate::pipeline::copy_rows::RowBatch;
 use crate::pipeline::csv::{CsvEncoder, CsvOptions};
-use crate::pipeline::job_state::JobState;
+use crate::pipeline::interrupts::Interrupts;
 use crate::pipeline::progress::Progress;
-use crate::pipeline::runner::Interrupts;
 use crate::pipeline::selection::Selection;
 use crate::pipeline::snapshot::Snapshot;
 use crate::pipeline::step::{FailureKind, StepError};
+use crate::queue::JobWriter;
 use crate::storage::CSV_CONTENT_TYPE;
 
 /// Multipart chunk of the storage writer for object stores (S3's parts are at least 5 MiB):
@@ -24,7 +24,8 @@ use crate::storage::CSV_CONTENT_TYPE;
 /// and a flat peak between a 100,000-row and a million-row export, exportd-bench).
 const UPLOAD_CHUNK: usize = 8 << 20;
 
-/// The persisted output: what was written where.
+/// The persisted output: what was written where (the attempt's own object: see
+/// [`crate::storage::attempt_key`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StoredFile {
     pub storage_key: String,
@@ -46,10 +47,11 @@ pub struct StreamInput<'a> {
     pub storage_key: &'a str,
 }
 
-/// Writes the whole file once.
+/// Writes the whole file once, into the attempt's own object; on any failure the upload is
+/// aborted, so that nothing of it stays in storage.
 pub async fn run(
     ctx: &PipelineContext,
-    state: &JobState<'_>,
+    job: &JobWriter,
     interrupts: &Interrupts,
     input: StreamInput<'_>,
 ) -> Result<StoredFile, StepError> {
@@ -68,7 +70,7 @@ pub async fn run(
     }
     let mut writer = write.await.map_err(StepError::write)?;
     let storage_key = input.storage_key.to_owned();
-    let written = match write_rows(ctx, state, interrupts, input, &mut writer).await {
+    let written = match write_rows(ctx, job, interrupts, input, &mut writer).await {
         // `close` uploads what the writer still buffers (for a small file, all of it) and
         // commits the object: it fails like any write, and then needs the same abort.
         Ok(written) => writer
@@ -99,7 +101,7 @@ pub async fn run(
 /// Encodes and writes; returns (bytes, sha256 hex, data rows).
 async fn write_rows(
     ctx: &PipelineContext,
-    state: &JobState<'_>,
+    job: &JobWriter,
     interrupts: &Interrupts,
     input: StreamInput<'_>,
     writer: &mut Writer,
@@ -120,7 +122,7 @@ async fn write_rows(
         // The next batch is fetched while this one is encoded and uploaded, and progress is
         // written beside the stream: between two batches nothing waits on a round trip.
         let mut batches = Batches::start(snapshot, input.selection, ctx.batch_size);
-        let progress = Progress::spawn(ctx, state.export_id, state.worker());
+        let progress = Progress::spawn(job);
         let streamed = async {
             loop {
                 interrupts.check()?;
@@ -140,6 +142,9 @@ async fn write_rows(
                 ctx.metrics.rows_exported(batch_rows);
                 ctx.metrics.bytes_written(batch_len);
                 progress.report(rows);
+                if let Some(delay) = ctx.hooks.batch_delay {
+                    interrupts.sleep(delay).await?;
+                }
             }
         }
         .await;

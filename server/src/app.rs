@@ -11,7 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ExportApi, ExportServiceServer};
-use crate::db::{self, DbError, PgPool};
+use crate::db::{self, DbError, PgPool, Target};
 use crate::events::{Events, Listener};
 use crate::mail::Mailer;
 use crate::metrics::{self, Metrics};
@@ -94,6 +94,8 @@ pub struct Application {
     jobs_pool: PgPool,
     /// One connection for the health probe.
     health_pool: PgPool,
+    /// The database, as every connection reaches it.
+    target: Target,
     events: Events,
     notifications: Listener,
     metrics: Metrics,
@@ -124,12 +126,16 @@ impl Application {
             ),
             None => None,
         };
-        let pool = db::pool(&settings.database_url, CONNECTIONS_FOR_API)?;
+        // A session frozen inside a transaction (a stalled process) holds its row locks;
+        // PostgreSQL ends it once it has been idle in the transaction for a lease.
+        let target = Target::parse(&settings.database_url, Some(settings.worker.lease))
+            .map_err(DbError::from)?;
+        let pool = db::pool(&target, CONNECTIONS_FOR_API)?;
         let jobs_pool = db::pool(
-            &settings.database_url,
+            &target,
             settings.worker.workers * CONNECTIONS_PER_JOB + CONNECTIONS_FOR_QUEUE,
         )?;
-        let health_pool = db::pool(&settings.database_url, 1)?;
+        let health_pool = db::pool(&target, 1)?;
         let notifications = Events::listen(&settings.database_url).await?;
         Ok(Application {
             listener,
@@ -138,6 +144,7 @@ impl Application {
             pool,
             jobs_pool,
             health_pool,
+            target,
             events: Events::default(),
             notifications,
             metrics: Metrics::default(),
@@ -189,7 +196,7 @@ impl Application {
         ));
         let context = PipelineContext {
             pool: self.jobs_pool.clone(),
-            database_url,
+            database: self.target.clone(),
             storage: storage.clone(),
             mailer,
             events: self.events.clone(),

@@ -7,6 +7,7 @@ use contact_export_server::app::Application;
 use contact_export_server::config::ServeArgs;
 use contact_export_server::db;
 use contact_export_server::dev::{self, DevArgs};
+use contact_export_server::logging::LogFormat;
 use contact_export_server::tokens::{self, TokenCommand};
 
 #[derive(Parser)]
@@ -16,6 +17,10 @@ use contact_export_server::tokens::{self, TokenCommand};
     about = "Contact Export: contacts to CSV as durable background jobs, over gRPC"
 )]
 struct Cli {
+    /// Log lines on stderr as `text` or `json` (one object per line, with the job's export,
+    /// step and attempt in its spans).
+    #[arg(long, global = true, env = "EXPORTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,9 +44,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     // Logs go to stderr: stdout carries `dev`'s ready line.
-    contact_export_server::logging::init("info");
-    match Cli::parse().command {
+    contact_export_server::logging::init("info", cli.log_format);
+    match cli.command {
         Command::Serve(args) => {
             tracing::info!(config = ?args, "starting");
             let settings = args.settings()?;

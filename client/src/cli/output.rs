@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use contact_export_client::{
-    CsvDelimiter, Export, ExportFileMetadata, ExportStatus, LineEnding, Saved,
+    CsvDelimiter, Export, ExportFileMetadata, ExportStatus, LineEnding, Saved, is_terminal,
 };
 use prost_types::Timestamp;
 use serde_json::{Value, json};
@@ -31,6 +31,7 @@ pub fn export_json(export: &Export) -> Value {
         "size_bytes": export.size_bytes,
         "sha256": export.sha256,
         "request_id": export.request_id,
+        "cancel_requested": export.cancel_requested,
         "disable_formula_neutralization": export
             .csv_options
             .is_some_and(|o| o.disable_formula_neutralization),
@@ -100,6 +101,14 @@ pub fn print_export(export: &Export, json: bool) {
         ("started", time(&export.start_time)),
         ("finished", time(&export.finish_time)),
         ("error", export.error_message.clone()),
+        (
+            "cancel",
+            if export.cancel_requested && !is_terminal(export.status()) {
+                "requested".to_owned()
+            } else {
+                String::new()
+            },
+        ),
     ];
     for (key, value) in fields {
         if !value.is_empty() {

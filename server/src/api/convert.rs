@@ -107,6 +107,7 @@ pub fn export_to_proto(r: &ExportRecord) -> pb::Export {
         finish_time: r.finished_at.map(timestamp),
         request_id: r.request_id.clone().unwrap_or_default(),
         csv_options: Some(options_to_proto(r.options())),
+        cancel_requested: r.cancel_requested,
     }
 }
 

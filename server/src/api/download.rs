@@ -71,8 +71,23 @@ impl ExportApi {
         }
         let size = size as u64;
         let span = range.within(size)?;
-        // A missing object only errors once read; look first, for a clean status.
+        // A missing object only errors once read; look first, for a clean status. An object
+        // of another size than recorded is not the file the checksum describes.
         match self.storage.stat(key).await {
+            Ok(object) if object.content_length() != size => {
+                tracing::error!(
+                    export_id = %id,
+                    key = %key,
+                    recorded = size,
+                    stored = object.content_length(),
+                    "completed export's file in storage has another size than recorded"
+                );
+                return Err(Status::data_loss(format!(
+                    "the export's file in storage has {} bytes, not the {size} it was written \
+                     with",
+                    object.content_length()
+                )));
+            }
             Ok(_) => {}
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
                 tracing::error!(export_id = %id, key = %key, "completed export has no file in storage");

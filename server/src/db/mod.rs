@@ -1,12 +1,15 @@
 //! PostgreSQL access: connection pools, dedicated connections and migrations.
 
+pub mod connect;
 pub mod schema;
+
+pub use connect::{Target, TargetError};
 
 use std::time::Duration;
 
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 /// Our own tables; never the CRM's.
@@ -33,6 +36,8 @@ pub enum DbError {
     PoolBuild(String),
     #[error("migrations failed: {0}")]
     Migrate(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
 }
 
 impl From<PoolError> for DbError {
@@ -59,7 +64,7 @@ impl DbError {
                 }
                 _ => false,
             },
-            DbError::PoolBuild(_) | DbError::Migrate(_) => false,
+            DbError::PoolBuild(_) | DbError::Migrate(_) | DbError::Target(_) => false,
         }
     }
 }
@@ -96,10 +101,17 @@ fn postgres_error_is_transient(e: &tokio_postgres::Error) -> bool {
 /// it fails instead of hanging on a database that does not answer.
 pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Builds a pool. Connections are opened lazily; a checkout waits at most
-/// [`CHECKOUT_TIMEOUT`].
-pub fn pool(database_url: &str, max_size: usize) -> Result<PgPool, DbError> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+/// Builds a pool of connections to `target`. Connections are opened lazily; a checkout waits
+/// at most [`CHECKOUT_TIMEOUT`].
+pub fn pool(target: &Target, max_size: usize) -> Result<PgPool, DbError> {
+    let mut config = ManagerConfig::default();
+    let target = target.clone();
+    config.custom_setup = Box::new(move |_url| {
+        let target = target.clone();
+        Box::pin(async move { target.diesel().await })
+    });
+    // The URL is not used: the setup above connects to the parsed target.
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config("", config);
     Pool::builder(manager)
         .max_size(max_size)
         .runtime(deadpool::Runtime::Tokio1)
@@ -118,22 +130,25 @@ pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
-/// A connection of its own, outside the pool: for `LISTEN` and for a snapshot that lives as long
-/// as an export's stream, so that dropping it always ends its session.
+/// A connection of its own to `database_url`, outside any pool (for tools and tests).
 pub async fn connect(database_url: &str) -> Result<AsyncPgConnection, DbError> {
-    Ok(AsyncPgConnection::establish(database_url).await?)
+    connect_to(&Target::parse(database_url, None)?).await
+}
+
+/// A connection of its own, outside the pool: for `LISTEN` and the migrations.
+pub async fn connect_to(target: &Target) -> Result<AsyncPgConnection, DbError> {
+    Ok(target.diesel().await?)
 }
 
 /// Applies pending migrations of our own tables.
 pub async fn migrate(database_url: &str) -> Result<(), DbError> {
     use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
     use diesel_migrations::MigrationHarness;
-    let url = database_url.to_owned();
+    let conn = connect(database_url).await?;
     // The harness is synchronous; run it on a blocking thread through the wrapper, which works
     // whatever the flavour of the caller's runtime.
     tokio::task::spawn_blocking(move || {
-        let mut conn =
-            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)?;
+        let mut conn: AsyncConnectionWrapper<AsyncPgConnection> = conn.into();
         conn.run_pending_migrations(MIGRATIONS)
             .map(|_| ())
             .map_err(|e| DbError::Migrate(e.to_string()))

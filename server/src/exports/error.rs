@@ -33,6 +33,12 @@ pub enum InternalError {
 }
 
 impl ExportError {
+    /// Whether the database went away under the call (worth waiting for, not the caller's
+    /// fault).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ExportError::Internal(InternalError::Db(e)) if e.is_transient())
+    }
+
     /// Shorthand for a bad field.
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         ExportError::InvalidArgument {

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use opendal::Operator;
 
-use crate::db::PgPool;
+use crate::db::{PgPool, Target};
 use crate::events::Events;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
@@ -46,8 +46,8 @@ pub use interrupts::Interrupts;
 pub struct PipelineContext {
     /// The jobs' own pool (not the API's, so that calls cannot starve a job's writes).
     pub pool: PgPool,
-    /// For the snapshot's dedicated connection.
-    pub database_url: String,
+    /// The database, for the snapshot's dedicated connection.
+    pub database: Target,
     pub storage: Operator,
     /// `None`: notifications are not configured, the step records a skip.
     pub mailer: Option<Mailer>,

@@ -422,7 +422,7 @@ impl Run<'_> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match Snapshot::open(&self.ctx.database_url).await {
+            match Snapshot::open(&self.ctx.database).await {
                 Ok(snapshot) => return Ok(snapshot),
                 Err(e) if e.is_transient() && started.elapsed() < self.job.patience() => {
                     tracing::debug!(error = %e, "cannot open a snapshot yet; retrying");

@@ -13,10 +13,10 @@
 //! [`super::copy_rows`]).
 
 use tokio::task::JoinHandle;
-use tokio_postgres::{CopyOutStream, NoTls};
+use tokio_postgres::CopyOutStream;
 
 use super::selection::Selection;
-use crate::db::DbError;
+use crate::db::{DbError, Target};
 
 /// An open snapshot and the connection that owns it.
 pub struct Snapshot {
@@ -34,15 +34,8 @@ impl Drop for Snapshot {
 
 impl Snapshot {
     /// Opens a fresh snapshot on a new connection.
-    pub async fn open(database_url: &str) -> Result<Snapshot, DbError> {
-        let (client, connection) = tokio_postgres::connect(database_url, NoTls)
-            .await
-            .map_err(DbError::Postgres)?;
-        let connection = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "the snapshot connection ended with an error");
-            }
-        });
+    pub async fn open(database: &Target) -> Result<Snapshot, DbError> {
+        let (client, connection) = database.client().await.map_err(DbError::Postgres)?;
         // JIT compilation costs more than it saves on these scans (up to 0.7 s for the keys
         // of a million rows, measured). The `COPY` runs as long as the upload it feeds, so a
         // role's `statement_timeout` would cut every large export short: it is off for this

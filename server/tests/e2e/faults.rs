@@ -541,6 +541,10 @@ async fn cancelling_a_running_export_stops_it_mid_stream_and_leaves_no_object() 
         ExportStatus::Processing,
         "a running export stops at its next batch boundary, not at once"
     );
+    assert!(
+        answer.cancel_requested,
+        "the answer shows the cancel was accepted"
+    );
     faults.open();
 
     let mut seen = Vec::new();
@@ -549,6 +553,7 @@ async fn cancelling_a_running_export_stops_it_mid_stream_and_leaves_no_object() 
     }
     let last = seen.last().unwrap();
     assert_eq!(last.status(), ExportStatus::Cancelled, "{seen:#?}");
+    assert!(last.cancel_requested);
     assert_eq!(last.error_message, "cancelled by request");
     assert_eq!(last.attempt, 1, "a cancelled stream is not retried");
     assert_eq!(last.total_rows, 40);

@@ -303,6 +303,24 @@ impl TestApp {
         }
     }
 
+    /// The key of the object that a COMPLETED export points at.
+    pub async fn storage_key(&self, export_id: &str) -> String {
+        #[derive(diesel::QueryableByName)]
+        struct Key {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            storage_key: String,
+        }
+        let id: uuid::Uuid = export_id.parse().expect("export ids are UUIDs");
+        let Key { storage_key } = diesel_async::RunQueryDsl::get_result(
+            diesel::sql_query("SELECT storage_key FROM exports WHERE id = $1")
+                .bind::<diesel::sql_types::Uuid, _>(id),
+            &mut self.db.conn().await,
+        )
+        .await
+        .expect("a completed export's storage key");
+        storage_key
+    }
+
     /// A client with another token (or none valid at all).
     pub async fn client_with_token(&self, token: &str) -> ExportClient {
         self.dial.connect(token).await

@@ -433,7 +433,10 @@ async fn a_replica_without_mail_leaves_the_mail_to_one_that_has_it() {
     })
     .await;
     assert!(!waiting.job_done, "the mail is still owed");
-    assert_eq!(waiting.lease_owner, None, "released for a replica with mail");
+    assert_eq!(
+        waiting.lease_owner, None,
+        "released for a replica with mail"
+    );
     let steps: Vec<StepRow> = diesel::sql_query(
         "SELECT status, attempts, output, error FROM export_steps \
          WHERE export_id = $1 AND step = 'send-notification'",

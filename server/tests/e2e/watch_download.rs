@@ -312,3 +312,43 @@ async fn a_download_cut_off_mid_stream_resumes_to_the_same_bytes() {
     assert_eq!(saved.received, whole.len() as u64 - held);
     assert_eq!(std::fs::read(&target).unwrap(), whole.as_bytes());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_missing_or_not_of_its_recorded_size_is_data_loss() {
+    let app = TestApp::spawn().await;
+    let contacts: Vec<Contact> = (1..=20).map(Contact::numbered).collect();
+    app.ws.insert(&app.db, &contacts).await;
+    let done = run_export(&app.ws.client, all_contacts()).await;
+    assert_eq!(done.status(), ExportStatus::Completed);
+    let whole = download_all(&app.ws.client, &done.id).await;
+    let key = app.storage_key(&done.id).await;
+
+    let refused = async || {
+        let status = app.ws.client.download(&done.id, 0, 0).await.err().unwrap();
+        assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+        status.message().to_owned()
+    };
+    // Cut short.
+    app.storage
+        .write(&key, whole.as_bytes()[..whole.len() - 10].to_vec())
+        .await
+        .unwrap();
+    let message = refused().await;
+    assert!(
+        message.contains(&format!(
+            "{} bytes, not the {}",
+            whole.len() - 10,
+            whole.len()
+        )),
+        "{message}"
+    );
+    // Grown.
+    app.storage
+        .write(&key, format!("{whole}extra"))
+        .await
+        .unwrap();
+    refused().await;
+    // Gone.
+    app.storage.delete(&key).await.unwrap();
+    assert_eq!(refused().await, "the export's file is missing from storage");
+}

@@ -69,7 +69,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Our own progress goes to stderr, the results to stdout; library logs only when asked.
-    contact_export_server::logging::init("warn");
+    contact_export_server::logging::init("warn", contact_export_server::logging::LogFormat::Text);
     let args = Args::parse();
 
     let exportd = match &args.exportd {

@@ -194,6 +194,8 @@ impl Application {
             self.notifications,
             stop.clone(),
         ));
+        // This replica's name in the leases it holds and the steps it runs.
+        let worker_id = format!("exportd-{}", uuid::Uuid::new_v4().simple());
         let context = PipelineContext {
             pool: self.jobs_pool.clone(),
             database: self.target.clone(),
@@ -203,7 +205,7 @@ impl Application {
             batch_size,
             retry,
             metrics: self.metrics.clone(),
-            worker_id: format!("exportd-{}", uuid::Uuid::new_v4().simple()),
+            worker_id: worker_id.clone(),
             // Waiting longer than a lease for the database is pointless: by then another
             // replica may hold the job.
             db_patience: worker_config.lease,
@@ -244,7 +246,7 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        tracing::info!(addr = %self.local_addr, tls = tls.is_some(), "serving");
+        tracing::info!(addr = %self.local_addr, tls = tls.is_some(), %worker_id, "serving");
         let serve = server
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)

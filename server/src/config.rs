@@ -72,8 +72,8 @@ pub struct JobArgs {
 
 impl JobArgs {
     pub fn worker_config(&self) -> WorkerConfig {
-        let mut config = WorkerConfig::new(self.workers);
-        config.lease = Duration::from_secs(self.lease_seconds);
+        let mut config =
+            WorkerConfig::new(self.workers).with_lease(Duration::from_secs(self.lease_seconds));
         config.max_running_per_workspace = self.max_running_per_workspace;
         config
     }

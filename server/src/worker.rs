@@ -19,6 +19,11 @@ use crate::pipeline::{Interrupts, PipelineContext};
 use crate::queue::{self, Claim, ClaimPolicy, JobError, JobWriter};
 use crate::storage;
 
+/// How often an idle pool looks for expired leases, at most: a lease that runs out announces
+/// nothing, so a dead worker's job waits up to this long after its lease (see
+/// [`WorkerConfig::with_lease`]).
+const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How the pool claims and holds jobs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -35,13 +40,21 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The same with a lease of `lease`, looked for at least three times per lease once it
+    /// ran out (so a short lease is taken over soon after it ends).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self.poll_interval = POLL_INTERVAL.min(lease / 3);
+        self
+    }
+
     /// Defaults for `workers` slots (0: this replica serves the API only): a 30 s lease
     /// renewed every 10 s, two jobs per workspace at once.
     pub fn new(workers: usize) -> Self {
         WorkerConfig {
             workers,
             lease: Duration::from_secs(30),
-            poll_interval: Duration::from_secs(5),
+            poll_interval: POLL_INTERVAL,
             max_running_per_workspace: 2,
             sweep_interval: Duration::from_secs(60),
         }
@@ -145,7 +158,7 @@ async fn run_one(
     };
     async {
         tracing::error!(panic = %panic, "the job's task panicked; it goes back to the queue");
-        let error = format!("the worker crashed: {panic}");
+        let error = format!("{}: {panic}", queue::CRASHED);
         match job.crashed(&error).await {
             Ok(()) | Err(JobError::Fenced(_)) => {}
             Err(e) => {

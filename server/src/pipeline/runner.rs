@@ -338,16 +338,7 @@ impl Run<'_> {
         loop {
             self.interrupts.check()?;
             if failures >= self.ctx.retry.max_failures {
-                let last = self
-                    .records
-                    .get(&step)
-                    .and_then(|r| r.error.clone())
-                    .unwrap_or_default();
-                return Err(StepError::failed(
-                    FailureKind::Fatal,
-                    format!("gave up after {failures} failed attempts"),
-                    format!("the stream step kept failing; the last attempt: {last}"),
-                ));
+                return Err(self.gave_up(step, failures));
             }
             let attempt = async {
                 let input = StreamInput {
@@ -392,6 +383,25 @@ impl Run<'_> {
                 metadata = recomputed;
             }
         }
+    }
+
+    /// The failure of a step that reached its cap of failed attempts.
+    fn gave_up(&self, step: StepName, failures: i32) -> StepError {
+        let last = self
+            .records
+            .get(&step)
+            .and_then(|r| r.error.clone())
+            .unwrap_or_default();
+        let why = if last.starts_with(crate::queue::CRASHED) {
+            ": its worker crashed"
+        } else {
+            ""
+        };
+        StepError::failed(
+            FailureKind::Fatal,
+            format!("gave up after {failures} failed attempts of step {step}{why}"),
+            format!("the last attempt: {last}"),
+        )
     }
 
     /// Opens a snapshot and computes its metadata. Always recomputed, even when an earlier

@@ -44,6 +44,9 @@ impl From<diesel::result::Error> for JobError {
     }
 }
 
+/// How the error of a step begins when its worker crashed (see [`JobWriter::crashed`]).
+pub const CRASHED: &str = "the worker crashed";
+
 /// What a progress write found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgressWrite {

@@ -19,7 +19,7 @@ pub mod steps;
 pub mod sweep;
 
 pub use claim::{Claim, ClaimPolicy, claim, queue_depth, status_counts};
-pub use job::{CompletedFile, Completion, JobError, JobWriter, ProgressWrite, StepStart};
+pub use job::{CRASHED, CompletedFile, Completion, JobError, JobWriter, ProgressWrite, StepStart};
 pub use steps::{StepName, StepRecord, StepStatus, UnreadableOutput};
 
 /// One claim of one job: the job's generation as that claim set it.

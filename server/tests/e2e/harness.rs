@@ -254,8 +254,7 @@ impl TestApp {
 
     /// A service on an existing database (a second replica, or a restart).
     pub async fn spawn_on(db: TestDb, options: AppOptions) -> TestApp {
-        let mut worker = WorkerConfig::new(options.workers);
-        worker.lease = options.lease;
+        let worker = WorkerConfig::new(options.workers).with_lease(options.lease);
         let settings = Settings {
             database_url: db.url.clone(),
             storage: options.storage.clone(),

@@ -221,6 +221,25 @@ pub struct Cluster {
     dir: PathBuf,
     log_path: PathBuf,
     supervisor: Option<Supervisor>,
+    /// What [`Cluster::restart`] needs to start the same server again.
+    relaunch: Option<Relaunch>,
+}
+
+/// Settings of a start beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Listen on this port instead of a free one.
+    pub port: Option<u16>,
+    /// More server settings, as `postgres -c name=value` (`ssl=on`, …).
+    pub settings: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+struct Relaunch {
+    bins: Binaries,
+    layout: Layout,
+    owner: Option<Owner>,
+    settings: Vec<(String, String)>,
 }
 
 /// The thread that spawned the postmaster: it stays alive exactly as long as the postmaster,
@@ -242,6 +261,11 @@ impl Cluster {
     /// same data on the next start, also when it had to live elsewhere (see the module docs).
     /// The server log is appended to `dir/postgres.log`.
     pub fn start(dir: &Path) -> Result<Cluster, ClusterError> {
+        Cluster::start_with(dir, &StartOptions::default())
+    }
+
+    /// [`Cluster::start`] with `options`: a port of the caller's, more settings.
+    pub fn start_with(dir: &Path, options: &StartOptions) -> Result<Cluster, ClusterError> {
         let bins = Binaries::find()?;
         let owner = if is_root() {
             Some(Owner::lookup(OS_USER)?.ok_or(ClusterError::NoPostgresUser)?)
@@ -260,15 +284,30 @@ impl Cluster {
         let log_path = dir.join(LOG_FILE);
         let mut attempt = 1;
         loop {
-            let port =
-                free_port().map_err(ClusterError::io("finding a free port on", "127.0.0.1"))?;
-            match launch(&bins, &layout, owner.as_ref(), &dir, &log_path, port) {
-                Err(Launch::PortTaken(err)) if attempt < PORT_ATTEMPTS => {
+            let port = match options.port {
+                Some(port) => port,
+                None => {
+                    free_port().map_err(ClusterError::io("finding a free port on", "127.0.0.1"))?
+                }
+            };
+            let launched = launch(
+                &bins,
+                &layout,
+                owner.as_ref(),
+                &dir,
+                &log_path,
+                port,
+                &options.settings,
+            );
+            match launched {
+                Err(Launch::PortTaken(err))
+                    if attempt < PORT_ATTEMPTS && options.port.is_none() =>
+                {
                     tracing::info!(port, %err, "port taken before PostgreSQL could bind it; retrying");
                     attempt += 1;
                 }
                 Err(Launch::PortTaken(err) | Launch::Failed(err)) => return Err(err),
-                Ok(cluster) => {
+                Ok(mut cluster) => {
                     tracing::info!(
                         port,
                         pid = cluster.pid,
@@ -276,6 +315,12 @@ impl Cluster {
                         log = %cluster.log_path.display(),
                         "PostgreSQL is ready"
                     );
+                    cluster.relaunch = Some(Relaunch {
+                        bins,
+                        layout,
+                        owner,
+                        settings: options.settings.clone(),
+                    });
                     return Ok(cluster);
                 }
             }
@@ -335,6 +380,42 @@ impl Cluster {
                 source: io::Error::other("the supervisor thread panicked"),
             }),
         }
+    }
+
+    /// Stops the server and starts it again on the same port, with the same settings (for
+    /// tests of a database that goes away and comes back). Blocking, like [`Cluster::start`].
+    pub fn restart(&mut self) -> Result<(), ClusterError> {
+        self.stop()?;
+        let relaunch = self.relaunch.take().expect("a started cluster can restart");
+        let launched = launch(
+            &relaunch.bins,
+            &relaunch.layout,
+            relaunch.owner.as_ref(),
+            &self.dir,
+            &self.log_path,
+            self.port,
+            &relaunch.settings,
+        );
+        match launched {
+            Ok(mut fresh) => {
+                fresh.relaunch = Some(relaunch);
+                *self = fresh;
+                Ok(())
+            }
+            Err(Launch::PortTaken(err) | Launch::Failed(err)) => {
+                self.relaunch = Some(relaunch);
+                Err(err)
+            }
+        }
+    }
+
+    /// The uid and gid the server runs as when we are root (the `postgres` OS user): files
+    /// it must read, such as a TLS key, belong to them.
+    pub fn os_user(&self) -> Option<(u32, u32)> {
+        self.relaunch
+            .as_ref()
+            .and_then(|r| r.owner.as_ref())
+            .map(|o| (o.uid, o.gid))
     }
 
     /// Stops the server and deletes its data: the data and socket folders, and when it was
@@ -955,6 +1036,7 @@ fn launch(
     dir: &Path,
     log_path: &Path,
     port: u16,
+    settings: &[(String, String)],
 ) -> Result<Cluster, Launch> {
     let mut log = OpenOptions::new()
         .create(true)
@@ -996,6 +1078,11 @@ fn launch(
             "synchronous_commit=off",
         ])
         .args(["-c", "max_connections=300"])
+        .args(
+            settings
+                .iter()
+                .flat_map(|(name, value)| ["-c".to_owned(), format!("{name}={value}")]),
+        )
         .stdout(log)
         .stderr(log_err)
         // Its own process group: a Ctrl-C in the terminal must not shut the database down
@@ -1063,6 +1150,7 @@ fn launch(
             exited,
             thread,
         }),
+        relaunch: None,
     };
     match wait_ready(&cluster, bins, log_start) {
         Ok(()) => Ok(cluster),
@@ -1696,6 +1784,7 @@ mod tests {
             &dir,
             &dir.join(LOG_FILE),
             port,
+            &[],
         ) else {
             panic!("launch failed; see {}", dir.join(LOG_FILE).display());
         };

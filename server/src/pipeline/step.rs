@@ -58,12 +58,26 @@ impl StepError {
 
     /// A storage failure while writing the file.
     pub fn write(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        StepError::failed(
-            FailureKind::Write,
-            "writing the export file to storage failed",
-            source,
-        )
+        let source = source.into();
+        let public = if is_storage_full(source.as_ref()) {
+            "writing the export file to storage failed: the storage is full"
+        } else {
+            "writing the export file to storage failed"
+        };
+        StepError::failed(FailureKind::Write, public, source)
     }
+}
+
+/// Whether an error, or one of its causes, is a full disk or quota (`ENOSPC`, `EDQUOT`).
+fn is_storage_full(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+    })
 }
 
 impl From<diesel::result::Error> for StepError {
@@ -96,5 +110,27 @@ impl From<crate::queue::UnreadableOutput> for StepError {
             format!("the record of step {} cannot be read", e.step),
             e,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_storage_says_so() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let StepError::Failed { public, .. } = StepError::write(full) else {
+            unreachable!()
+        };
+        assert_eq!(
+            public,
+            "writing the export file to storage failed: the storage is full"
+        );
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let StepError::Failed { public, .. } = StepError::write(other) else {
+            unreachable!()
+        };
+        assert_eq!(public, "writing the export file to storage failed");
     }
 }

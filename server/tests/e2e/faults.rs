@@ -640,3 +640,77 @@ async fn a_snapshot_connection_killed_mid_copy_is_retried_in_a_fresh_snapshot() 
     assert_eq!(faulted, download_all(client, &clean.id).await);
     assert_eq!(faulted.lines().count(), 30_001);
 }
+
+/// A tmpfs of `size` mounted on a folder of the test's, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a {size} tmpfs failed ({status}): this test needs root, as CI runs"
+        );
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_into_a_full_disk_fails_saying_so_and_leaves_room_for_the_next() {
+    let disk = SmallDisk::mount("1m");
+    let storage = contact_export_server::storage::fs_operator(disk.dir.path()).unwrap();
+    let app = TestApp::spawn_with(AppOptions {
+        storage: storage.clone(),
+        batch_size: 200,
+        ..AppOptions::default()
+    })
+    .await;
+    let big: Vec<Contact> = (1..=3000)
+        .map(|n| {
+            let mut c = Contact::numbered(n);
+            c.notes = Some("x".repeat(1000));
+            c
+        })
+        .collect();
+    app.ws.insert(&app.db, &big).await;
+
+    let done = run_export(&app.ws.client, all_contacts()).await;
+    assert_eq!(done.status(), ExportStatus::Failed, "{done:?}");
+    assert_eq!(
+        done.error_message,
+        "writing the export file to storage failed: the storage is full"
+    );
+    assert_eq!(done.attempt, 3, "one attempt and two retries");
+    assert_no_object(&app, app.ws.id, id_of(&done)).await;
+    let used: u64 = std::fs::read_dir(disk.dir.path().join(".partial"))
+        .map(|entries| entries.flatten().map(|e| e.metadata().unwrap().len()).sum())
+        .unwrap_or(0);
+    assert_eq!(used, 0, "every unfinished file was removed");
+
+    // The next export fits.
+    diesel::sql_query("DELETE FROM contacts WHERE workspace_id = $1 AND id > (SELECT min(id) + 9 FROM contacts WHERE workspace_id = $1)")
+        .bind::<diesel::sql_types::Uuid, _>(app.ws.id)
+        .execute(&mut app.db.conn().await)
+        .await
+        .unwrap();
+    let small = run_export(&app.ws.client, all_contacts()).await;
+    assert_eq!(small.status(), ExportStatus::Completed, "{small:?}");
+    assert_eq!(small.processed_rows, 10);
+    let file = download_all(&app.ws.client, &small.id).await;
+    assert_eq!(file.len() as i64, small.size_bytes);
+}

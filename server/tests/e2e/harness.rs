@@ -79,32 +79,37 @@ async fn start_server() -> Server {
             (Some(cluster), admin, pattern)
         }
     };
-    let template_url = url_pattern.replace("{db}", TEMPLATE);
-    let mut admin = db::connect(&admin_url).await.expect("admin connection");
-    // Two statements: neither may run inside the implicit transaction of a batch.
-    for statement in [
-        format!("DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)"),
-        format!("CREATE DATABASE {TEMPLATE}"),
-    ] {
-        admin
-            .batch_execute(&statement)
-            .await
-            .expect("creating the template database");
-    }
-    {
-        let mut conn = db::connect(&template_url)
-            .await
-            .expect("template connection");
-        conn.batch_execute(CRM_SCHEMA)
-            .await
-            .expect("CRM fixture schema");
-    }
-    db::migrate(&template_url).await.expect("migrations");
+    let template_url = create_database(&admin_url, &url_pattern, TEMPLATE).await;
     Server {
         admin_url,
         url_pattern,
         _cluster: cluster,
     }
+}
+
+/// Creates database `name` (dropping one left by an earlier run) with the CRM fixture
+/// schema and our migrations; returns its URL.
+pub async fn create_database(admin_url: &str, url_pattern: &str, name: &str) -> String {
+    let url = url_pattern.replace("{db}", name);
+    let mut admin = db::connect(admin_url).await.expect("admin connection");
+    // Two statements: neither may run inside the implicit transaction of a batch.
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        admin
+            .batch_execute(&statement)
+            .await
+            .expect("creating the database");
+    }
+    {
+        let mut conn = db::connect(&url).await.expect("connecting to it");
+        conn.batch_execute(CRM_SCHEMA)
+            .await
+            .expect("CRM fixture schema");
+    }
+    db::migrate(&url).await.expect("migrations");
+    url
 }
 
 const CLUSTER_PREFIX: &str = "exportd-test-";
@@ -173,6 +178,10 @@ pub struct AppOptions {
     pub tls: Option<TestTls>,
     /// Serve `/metrics` on 127.0.0.1:0 (see [`TestApp::metrics_addr`]).
     pub metrics: bool,
+    /// `--max-running-per-workspace`.
+    pub max_running_per_workspace: u32,
+    /// Faults on purpose (batches that take longer…).
+    pub hooks: FaultHooks,
 }
 
 /// TLS for the service, and what its test clients use to connect.
@@ -223,6 +232,8 @@ impl Default for AppOptions {
             max_queued_exports: 100,
             tls: None,
             metrics: false,
+            max_running_per_workspace: 2,
+            hooks: FaultHooks::default(),
         }
     }
 }
@@ -254,7 +265,8 @@ impl TestApp {
 
     /// A service on an existing database (a second replica, or a restart).
     pub async fn spawn_on(db: TestDb, options: AppOptions) -> TestApp {
-        let worker = WorkerConfig::new(options.workers).with_lease(options.lease);
+        let mut worker = WorkerConfig::new(options.workers).with_lease(options.lease);
+        worker.max_running_per_workspace = options.max_running_per_workspace;
         let settings = Settings {
             database_url: db.url.clone(),
             storage: options.storage.clone(),
@@ -267,7 +279,7 @@ impl TestApp {
             tls: options.tls.as_ref().map(|tls| tls.server.clone()),
             max_queued_exports: options.max_queued_exports,
             shutdown_timeout: Duration::from_secs(20),
-            hooks: FaultHooks::default(),
+            hooks: options.hooks,
         };
         let app = Application::build(settings)
             .await

@@ -13,6 +13,7 @@ mod harness;
 mod limits;
 mod metrics;
 mod notifications;
+mod outage;
 mod pki;
 mod quotas;
 mod replicas;

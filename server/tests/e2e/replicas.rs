@@ -24,7 +24,7 @@ use super::smtp_peer::SmtpListener;
 use super::{all_contacts, download_all};
 
 /// `n` contacts of about 250 bytes each, ids ascending.
-async fn seed(db: &TestDb, workspace_id: Uuid, n: i64) {
+pub async fn seed(db: &TestDb, workspace_id: Uuid, n: i64) {
     diesel::sql_query(
         "INSERT INTO contacts (workspace_id, email, first_name, created_at, notes, custom_fields) \
          SELECT $1, 'c' || g || '@example.com', 'First ' || g, \

@@ -79,7 +79,7 @@ async fn start_server() -> Server {
             (Some(cluster), admin, pattern)
         }
     };
-    let template_url = create_database(&admin_url, &url_pattern, TEMPLATE).await;
+    create_database(&admin_url, &url_pattern, TEMPLATE).await;
     Server {
         admin_url,
         url_pattern,

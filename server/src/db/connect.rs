@@ -136,7 +136,7 @@ impl Target {
 
     /// A diesel-async connection.
     pub async fn diesel(&self) -> Result<AsyncPgConnection, ConnectionError> {
-        let bad = |e: tokio_postgres::Error| ConnectionError::BadConnection(e.to_string());
+        let bad = |e: tokio_postgres::Error| ConnectionError::BadConnection(describe(&e));
         match &self.tls {
             None => {
                 let (client, connection) = self
@@ -151,6 +151,15 @@ impl Target {
                 AsyncPgConnection::try_from_client_and_connection(client, connection).await
             }
         }
+    }
+}
+
+/// The error with its cause: tokio-postgres says only "db error" or "error performing TLS
+/// handshake" and keeps the reason in the source.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 

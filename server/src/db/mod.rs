@@ -28,7 +28,7 @@ pub enum DbError {
     #[error("cannot connect to the database: {0}")]
     Connect(#[from] diesel::ConnectionError),
     /// From a connection of our own outside diesel (the snapshot's).
-    #[error("database error: {0}")]
+    #[error("database error: {}", connect::describe(.0))]
     Postgres(#[source] tokio_postgres::Error),
     #[error("no database connection available: {0}")]
     Pool(#[source] PoolError),

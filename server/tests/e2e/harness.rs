@@ -264,31 +264,41 @@ impl TestApp {
     }
 
     /// A service on an existing database (a second replica, or a restart).
-    pub async fn spawn_on(db: TestDb, options: AppOptions) -> TestApp {
+    /// The service's settings for `options`, on no database yet (`database_url` is empty).
+    pub fn settings(options: AppOptions) -> Settings {
         let mut worker = WorkerConfig::new(options.workers).with_lease(options.lease);
         worker.max_running_per_workspace = options.max_running_per_workspace;
-        let settings = Settings {
-            database_url: db.url.clone(),
-            storage: options.storage.clone(),
+        Settings {
+            database_url: String::new(),
+            storage: options.storage,
             mailer: options.mailer,
             listen: "127.0.0.1:0".parse().unwrap(),
             metrics_listen: options.metrics.then(|| "127.0.0.1:0".parse().unwrap()),
             worker,
             batch_size: options.batch_size,
             retry: options.retry,
-            tls: options.tls.as_ref().map(|tls| tls.server.clone()),
+            tls: options.tls.map(|tls| tls.server),
             max_queued_exports: options.max_queued_exports,
             shutdown_timeout: Duration::from_secs(20),
             hooks: options.hooks,
+        }
+    }
+
+    pub async fn spawn_on(db: TestDb, mut options: AppOptions) -> TestApp {
+        let storage = options.storage.clone();
+        let client_tls = options.tls.as_mut().map(|tls| tls.client.clone());
+        let settings = Settings {
+            database_url: db.url.clone(),
+            ..TestApp::settings(options)
         };
         let app = Application::build(settings)
             .await
             .expect("building the app");
         let addr = app.local_addr();
-        let dial = match options.tls {
+        let dial = match client_tls {
             Some(tls) => Dial {
                 url: format!("https://{addr}"),
-                tls: tls.client,
+                tls,
             },
             None => Dial::from(addr),
         };
@@ -307,7 +317,7 @@ impl TestApp {
             dial,
             metrics_addr,
             db,
-            storage: options.storage,
+            storage,
             ws,
             stop: Some(stop),
             handle: Some(handle),

@@ -14,6 +14,7 @@ mod limits;
 mod metrics;
 mod notifications;
 mod outage;
+mod pg_tls;
 mod pki;
 mod quotas;
 mod replicas;

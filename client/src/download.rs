@@ -84,7 +84,7 @@ impl Download {
             });
         }
         if let Some(hasher) = hasher {
-            crate::receive::verify(hasher, &self.metadata, None)?;
+            verify(hasher, &self.metadata, None)?;
         }
         Ok(written)
     }
@@ -131,6 +131,24 @@ pub(crate) fn data_chunk(message: DownloadExportResponse) -> Result<Bytes, Statu
             "download stream sent file metadata after the first message",
         )),
         None => Err(Status::internal("download stream sent an empty message")),
+    }
+}
+
+/// `Ok` when `hasher` holds the file that `metadata` announces.
+pub(crate) fn verify(
+    hasher: Sha256,
+    metadata: &ExportFileMetadata,
+    restarted_after: Option<u64>,
+) -> Result<(), ClientError> {
+    let actual = hex::encode(hasher.finalize());
+    if actual.eq_ignore_ascii_case(&metadata.sha256) {
+        Ok(())
+    } else {
+        Err(ClientError::ChecksumMismatch {
+            expected: metadata.sha256.clone(),
+            actual,
+            restarted_after,
+        })
     }
 }
 

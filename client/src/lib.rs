@@ -356,7 +356,7 @@ impl ExportClient {
         receiver
             .receive(download, 0, writer, &mut hasher, &mut progress)
             .await?;
-        receive::verify(hasher, &metadata, None)?;
+        download::verify(hasher, &metadata, None)?;
         Ok(metadata)
     }
 

@@ -141,21 +141,3 @@ impl<'a> Receiver<'a> {
         }
     }
 }
-
-/// `Ok` when `hasher` holds the file that `metadata` announces.
-pub(crate) fn verify(
-    hasher: Sha256,
-    metadata: &ExportFileMetadata,
-    restarted_after: Option<u64>,
-) -> Result<(), ClientError> {
-    let actual = hex::encode(hasher.finalize());
-    if actual.eq_ignore_ascii_case(&metadata.sha256) {
-        Ok(())
-    } else {
-        Err(ClientError::ChecksumMismatch {
-            expected: metadata.sha256.clone(),
-            actual,
-            restarted_after,
-        })
-    }
-}

@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
-use crate::receive::{Receiver, verify};
+use crate::download::verify;
+use crate::receive::Receiver;
 use crate::{ClientError, ExportClient};
 
 /// What [`ExportClient::download_file`](crate::ExportClient::download_file) did.

@@ -1,0 +1,3 @@
+pub fn observe() -> usize {
+    crate::pipeline::runner::steps()
+}

@@ -11,12 +11,13 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::db::schema::api_tokens;
+use crate::ids::{UserId, WorkspaceId};
 
 /// Whom a request acts for. The workspace always comes from here, never from a request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Principal {
-    pub workspace_id: Uuid,
-    pub user_id: Uuid,
+    pub workspace_id: WorkspaceId,
+    pub user_id: UserId,
 }
 
 /// Prefix of every token, so that a leaked one is recognisable in logs and secret scanners.
@@ -163,7 +164,7 @@ pub async fn lookup_token(
                 .or(api_tokens::expires_at.gt(now)),
         )
         .select((api_tokens::workspace_id, api_tokens::user_id))
-        .first::<(Uuid, Uuid)>(conn)
+        .first::<(WorkspaceId, UserId)>(conn)
         .await
         .optional()
         .map(|found| {

@@ -19,6 +19,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::ids::ExportId;
+
 const CHANGED: &str = "export_changed";
 const QUEUED: &str = "export_queued";
 
@@ -31,7 +33,7 @@ pub struct Events {
 #[derive(Default)]
 struct Inner {
     /// Per export, the number of its latest change.
-    watchers: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
+    watchers: Mutex<HashMap<ExportId, watch::Sender<u64>>>,
     /// Numbers changes across all exports, so that they only grow, even for an export whose
     /// watchers all left and came back (its channel is then a new one).
     last_change: AtomicU64,
@@ -41,7 +43,7 @@ struct Inner {
 /// A watcher's handle on one export's changes; unsubscribes when dropped.
 pub struct Subscription {
     events: Events,
-    id: Uuid,
+    id: ExportId,
     rx: watch::Receiver<u64>,
 }
 
@@ -70,7 +72,7 @@ impl Drop for Subscription {
 
 impl Events {
     /// Subscribes to changes of one export.
-    pub fn subscribe(&self, id: Uuid) -> Subscription {
+    pub fn subscribe(&self, id: ExportId) -> Subscription {
         let mut watchers = self.inner.watchers.lock().expect("watchers lock");
         let rx = watchers
             .entry(id)
@@ -86,7 +88,7 @@ impl Events {
     }
 
     /// Tells this process's watchers of `id` that it changed.
-    pub fn publish(&self, id: Uuid) {
+    pub fn publish(&self, id: ExportId) {
         if let Some(tx) = self.inner.watchers.lock().expect("watchers lock").get(&id) {
             let change = self.next_change();
             tx.send_modify(|n| *n = (*n).max(change));
@@ -160,7 +162,7 @@ impl Events {
             match next {
                 Some(Ok(n)) if n.channel == CHANGED => {
                     if let Ok(id) = Uuid::parse_str(&n.payload) {
-                        self.publish(id);
+                        self.publish(ExportId(id));
                     }
                 }
                 Some(Ok(_)) => self.wake_worker(),

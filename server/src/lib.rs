@@ -16,6 +16,7 @@
 //!   whose worker dies is taken up again elsewhere; a panicking job is retried.
 //! - [`events`]: one `LISTEN` connection per process; wakes idle workers and every watcher of an
 //!   export when its row changes, on any replica.
+//! - [`ids`]: the domain's ids, a type each ([`ids::WorkspaceId`], [`ids::ExportId`], …).
 //! - [`storage`], [`mail`], [`auth`], [`db`]: the outside world (OpenDAL, lettre, API tokens,
 //!   diesel-async pools and migrations).
 //! - [`metrics`]: this replica's Prometheus counters, recorded by the worker and the pipeline,
@@ -33,6 +34,7 @@ pub mod db;
 pub mod dev;
 pub mod events;
 pub mod exports;
+pub mod ids;
 pub mod logging;
 pub mod mail;
 pub mod metrics;

@@ -8,8 +8,8 @@
 //! removed by the attempt itself when it learns it lost, or by the sweep after the job ends
 //! ([`sweep_strays`]).
 
+use crate::ids::{ExportId, WorkspaceId};
 use opendal::Operator;
-use uuid::Uuid;
 
 /// Content type of every export file.
 pub const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
@@ -42,14 +42,14 @@ pub fn fs_operator(root: &std::path::Path) -> Result<Operator, opendal::Error> {
 /// The object that the attempts of claim `generation` of an export write. The workspace is
 /// part of the key, so that no bug in a lookup can hand one workspace another's file by
 /// guessing an id, and so that a workspace's files can be listed or purged together.
-pub fn attempt_key(workspace_id: Uuid, export_id: Uuid, generation: i64) -> String {
+pub fn attempt_key(workspace_id: WorkspaceId, export_id: ExportId, generation: i64) -> String {
     format!(
         "{}{export_id}.g{generation}.csv",
         workspace_prefix(workspace_id)
     )
 }
 
-fn workspace_prefix(workspace_id: Uuid) -> String {
+fn workspace_prefix(workspace_id: WorkspaceId) -> String {
     format!("exports/{workspace_id}/")
 }
 
@@ -59,8 +59,8 @@ fn workspace_prefix(workspace_id: Uuid) -> String {
 /// replicas at once. Returns how many keys it removed or found gone.
 pub async fn sweep_strays(
     storage: &Operator,
-    workspace_id: Uuid,
-    export_id: Uuid,
+    workspace_id: WorkspaceId,
+    export_id: ExportId,
     generation: i64,
     keep: Option<&str>,
 ) -> Result<usize, opendal::Error> {
@@ -91,10 +91,11 @@ pub async fn sweep_strays(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     #[test]
     fn each_claim_writes_its_own_key_under_the_workspace() {
-        let (ws, id) = (Uuid::nil(), Uuid::max());
+        let (ws, id) = (WorkspaceId(Uuid::nil()), ExportId(Uuid::max()));
         assert_eq!(
             attempt_key(ws, id, 3),
             "exports/00000000-0000-0000-0000-000000000000/ffffffff-ffff-ffff-ffff-ffffffffffff.g3.csv"
@@ -106,7 +107,11 @@ mod tests {
     async fn the_sweep_keeps_the_winner_and_removes_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let op = fs_operator(dir.path()).unwrap();
-        let (ws, id, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let (ws, id, other) = (
+            WorkspaceId::new_random(),
+            ExportId::new_random(),
+            ExportId::new_random(),
+        );
         for g in 1..=3 {
             op.write(&attempt_key(ws, id, g), "x").await.unwrap();
         }

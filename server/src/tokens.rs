@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::{self, Principal, Revocation, TokenInfo};
 use crate::db::{self, DbError, schema::users};
+use crate::ids::{UserId, WorkspaceId};
 
 /// `exportd token …`.
 #[derive(clap::Subcommand)]
@@ -74,7 +75,10 @@ pub enum TokenError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("no user {user} in workspace {workspace}")]
-    UnknownUser { workspace: Uuid, user: Uuid },
+    UnknownUser {
+        workspace: WorkspaceId,
+        user: UserId,
+    },
     #[error("--expires-in: too far in the future")]
     ExpiryOutOfRange,
     #[error("no token with id {0}")]
@@ -99,8 +103,8 @@ pub async fn run(
         TokenCommand::Create(args) => {
             let mut conn = db::connect(&args.db.database_url).await?;
             let principal = Principal {
-                workspace_id: args.workspace,
-                user_id: args.user,
+                workspace_id: args.workspace.into(),
+                user_id: args.user.into(),
             };
             let expires_at = match args.expires_in {
                 Some(lifetime) => Some(

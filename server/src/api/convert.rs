@@ -7,12 +7,13 @@ use tonic::Status;
 use uuid::Uuid;
 
 use crate::exports::{
-    Delimiter, ExportError, ExportOptions, ExportRecord, ExportStatus, LineEnding,
+    Delimiter, ExportError, ExportId, ExportOptions, ExportRecord, ExportStatus, LineEnding,
 };
 
 /// An export id from a request: a UUID, else INVALID_ARGUMENT naming the field.
-pub fn parse_id(raw: &str) -> Result<Uuid, Status> {
+pub fn parse_id(raw: &str) -> Result<ExportId, Status> {
     Uuid::try_parse(raw.trim())
+        .map(ExportId)
         .map_err(|_| Status::invalid_argument(format!("id: {raw:?} is not a UUID")))
 }
 
@@ -87,11 +88,19 @@ fn timestamp(t: DateTime<Utc>) -> Timestamp {
     }
 }
 
-/// The caller's view of an export.
+/// The caller's view of an export. Stored options that do not read are left out (the job
+/// fails saying why), never shown as defaults the caller did not ask for.
 pub fn export_to_proto(r: &ExportRecord) -> pb::Export {
+    let options = match r.options() {
+        Ok(options) => Some(options_to_proto(options)),
+        Err(e) => {
+            tracing::error!(error = %e, "an export's options cannot be read");
+            None
+        }
+    };
     pb::Export {
         id: r.id.to_string(),
-        status: status_to_proto(r.status()) as i32,
+        status: status_to_proto(r.status) as i32,
         filename: r.filename.clone(),
         tag_ids: r.tag_ids.iter().map(Uuid::to_string).collect(),
         total_rows: r.total_rows,
@@ -106,7 +115,7 @@ pub fn export_to_proto(r: &ExportRecord) -> pb::Export {
         start_time: r.started_at.map(timestamp),
         finish_time: r.finished_at.map(timestamp),
         request_id: r.request_id.clone().unwrap_or_default(),
-        csv_options: Some(options_to_proto(r.options())),
+        csv_options: options,
         cancel_requested: r.cancel_requested,
     }
 }

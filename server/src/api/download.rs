@@ -1,5 +1,6 @@
 //! DownloadExport: the finished file from storage, in bounded chunks, google.bytestream style.
 
+use crate::ids::ExportId;
 use bytes::Bytes;
 use contact_export::v1::download_export_response::Payload;
 use contact_export::v1::{DownloadExportResponse, ExportFileMetadata};
@@ -9,7 +10,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Response, Status};
-use uuid::Uuid;
 
 use super::{ExportApi, ResponseStream, status};
 use crate::auth::Principal;
@@ -57,17 +57,17 @@ impl ExportApi {
     pub(super) async fn download(
         &self,
         principal: Principal,
-        id: Uuid,
+        id: ExportId,
         range: Range,
     ) -> Result<Response<ResponseStream<DownloadExportResponse>>, Status> {
         let record = repo::get(&mut *self.conn().await?, principal.workspace_id, id).await?;
         let (Some(key), Some(size), Some(sha256)) =
             (&record.storage_key, record.size_bytes, &record.sha256)
         else {
-            return Err(unfinished(record.status()));
+            return Err(unfinished(record.status));
         };
-        if record.status() != ExportStatus::Completed {
-            return Err(unfinished(record.status()));
+        if record.status != ExportStatus::Completed {
+            return Err(unfinished(record.status));
         }
         let size = size as u64;
         let span = range.within(size)?;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 
-use uuid::Uuid;
+use crate::ids::{ExportId, WorkspaceId};
 
 /// The last record read for one export and the number of the change it is at least as new as.
 pub struct SharedRead<T> {
@@ -38,7 +38,7 @@ impl<T: Clone> SharedRead<T> {
 }
 
 /// An export: its workspace and its id.
-type ExportKey = (Uuid, Uuid);
+type ExportKey = (WorkspaceId, ExportId);
 
 /// The [`SharedRead`]s of the exports being watched in this process; each lives as long as a
 /// watcher holds it.
@@ -64,7 +64,7 @@ impl<T> Default for SharedReads<T> {
 
 impl<T> SharedReads<T> {
     /// The shared read of export `id` of `workspace_id`, created for the first watcher.
-    pub fn of(&self, workspace_id: Uuid, id: Uuid) -> Arc<SharedRead<T>> {
+    pub fn of(&self, workspace_id: WorkspaceId, id: ExportId) -> Arc<SharedRead<T>> {
         let mut exports = self.exports.lock().expect("shared reads lock");
         // Entries whose watchers are all gone go the next time anyone starts watching.
         exports.retain(|_, shared| shared.strong_count() > 0);
@@ -84,11 +84,12 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use uuid::Uuid;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watchers_of_one_change_share_one_read() {
         let reads: SharedReads<u64> = SharedReads::default();
-        let (ws, id) = (Uuid::new_v4(), Uuid::new_v4());
+        let (ws, id) = (Uuid::new_v4().into(), Uuid::new_v4().into());
         let count = Arc::new(AtomicUsize::new(0));
         let read = |value: u64| {
             let count = count.clone();
@@ -123,18 +124,18 @@ mod tests {
         assert_eq!(shared.at_least(3, read(300)).await, Ok(300));
 
         // Another export, or the same id in another workspace, has a read of its own.
-        assert!(!Arc::ptr_eq(&shared, &reads.of(ws, Uuid::new_v4())));
-        assert!(!Arc::ptr_eq(&shared, &reads.of(Uuid::new_v4(), id)));
+        assert!(!Arc::ptr_eq(&shared, &reads.of(ws, Uuid::new_v4().into())));
+        assert!(!Arc::ptr_eq(&shared, &reads.of(Uuid::new_v4().into(), id)));
         assert!(Arc::ptr_eq(&shared, &reads.of(ws, id)));
     }
 
     #[test]
     fn an_export_nobody_watches_is_forgotten() {
         let reads: SharedReads<u64> = SharedReads::default();
-        let first = reads.of(Uuid::nil(), Uuid::nil());
+        let first = reads.of(Uuid::nil().into(), Uuid::nil().into());
         let weak = Arc::downgrade(&first);
         drop(first);
-        let _other = reads.of(Uuid::max(), Uuid::max());
+        let _other = reads.of(Uuid::max().into(), Uuid::max().into());
         assert!(weak.upgrade().is_none());
         assert_eq!(reads.exports.lock().unwrap().len(), 1);
     }

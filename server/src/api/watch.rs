@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use crate::ids::ExportId;
 use contact_export::v1::Export;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status};
-use uuid::Uuid;
 
 use super::{ExportApi, ResponseStream, convert};
 use crate::auth::Principal;
@@ -29,7 +29,7 @@ impl ExportApi {
     pub(super) async fn watch(
         &self,
         principal: Principal,
-        id: Uuid,
+        id: ExportId,
     ) -> Result<Response<ResponseStream<Export>>, Status> {
         // Subscribe before the first read: a change between the two is then not missed.
         let mut changes = self.events.subscribe(id);
@@ -51,7 +51,7 @@ impl ExportApi {
                     }
                     last = Some(message);
                 }
-                if record.status().is_terminal() {
+                if record.status.is_terminal() {
                     return;
                 }
                 // A change is read once for all of this export's watchers here; the periodic

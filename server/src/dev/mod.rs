@@ -82,8 +82,8 @@ async fn serve(
     let token = auth::create_token(
         &mut conn,
         Principal {
-            workspace_id: demo.workspace_id,
-            user_id: demo.user_id,
+            workspace_id: demo.workspace_id.into(),
+            user_id: demo.user_id.into(),
         },
         "exportd dev",
         None,

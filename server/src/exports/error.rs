@@ -30,6 +30,9 @@ pub enum InternalError {
     Db(#[from] DbError),
     #[error("storage: {0}")]
     Storage(#[from] opendal::Error),
+    /// Something that cannot happen did.
+    #[error("{0}")]
+    Invariant(String),
 }
 
 impl ExportError {

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::ids::ExportId;
+
 use super::{ExportError, ExportOptions};
 
 /// The parameters of a `CreateExport` call, in the canonical form stored in `exports.request`.
@@ -62,7 +64,7 @@ impl RequestParams {
 /// a newer one), rather than refusing a retry that may well be legitimate.
 pub fn check_replay(
     request_id: &str,
-    first_id: Uuid,
+    first_id: ExportId,
     stored: Option<&serde_json::Value>,
     params: &RequestParams,
 ) -> Result<(), ExportError> {
@@ -101,7 +103,7 @@ mod tests {
     }
 
     fn check(first: &RequestParams, again: &RequestParams) -> Result<(), ExportError> {
-        check_replay("k", Uuid::nil(), Some(&first.to_json()), again)
+        check_replay("k", ExportId(Uuid::nil()), Some(&first.to_json()), again)
     }
 
     #[test]
@@ -159,11 +161,11 @@ mod tests {
         );
         // A field added later reads as its default from a row written before it existed.
         let old = serde_json::json!({ "tag_ids": [], "filename": "" });
-        assert!(check_replay("k", Uuid::nil(), Some(&old), &params(&[], "")).is_ok());
+        assert!(check_replay("k", ExportId(Uuid::nil()), Some(&old), &params(&[], "")).is_ok());
     }
 
     #[test]
     fn rows_without_stored_parameters_replay_on_the_key_alone() {
-        assert!(check_replay("k", Uuid::nil(), None, &params(&[1], "any")).is_ok());
+        assert!(check_replay("k", ExportId(Uuid::nil()), None, &params(&[1], "any")).is_ok());
     }
 }

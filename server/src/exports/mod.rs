@@ -16,10 +16,22 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::ids::{ExportId, UserId, WorkspaceId};
+
 pub use crate::pipeline::csv::{Delimiter, LineEnding};
 
-/// Where an export is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where an export is in its life. Stored in `exports.status` as [`ExportStatus::as_str`]:
+/// this type is the one place that maps the two.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    diesel::expression::AsExpression,
+    diesel::deserialize::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 pub enum ExportStatus {
     Pending,
     Processing,
@@ -71,6 +83,28 @@ impl ExportStatus {
     }
 }
 
+impl diesel::serialize::ToSql<diesel::sql_types::Text, diesel::pg::Pg> for ExportStatus {
+    fn to_sql<'b>(
+        &'b self,
+        out: &mut diesel::serialize::Output<'b, '_, diesel::pg::Pg>,
+    ) -> diesel::serialize::Result {
+        <str as diesel::serialize::ToSql<diesel::sql_types::Text, diesel::pg::Pg>>::to_sql(
+            self.as_str(),
+            &mut out.reborrow(),
+        )
+    }
+}
+
+impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::pg::Pg> for ExportStatus {
+    fn from_sql(bytes: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        let text = <String as diesel::deserialize::FromSql<
+            diesel::sql_types::Text,
+            diesel::pg::Pg,
+        >>::from_sql(bytes)?;
+        ExportStatus::parse(&text).ok_or_else(|| format!("unknown export status {text:?}").into())
+    }
+}
+
 /// Per-export options, stored as JSON in `exports.options`. Every field has a default, so a
 /// row written before a field existed reads with that field's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,10 +135,10 @@ impl Default for ExportOptions {
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = crate::db::schema::exports, check_for_backend(diesel::pg::Pg))]
 pub struct ExportRecord {
-    pub id: Uuid,
-    pub workspace_id: Uuid,
-    pub user_id: Uuid,
-    pub status: String,
+    pub id: ExportId,
+    pub workspace_id: WorkspaceId,
+    pub user_id: UserId,
+    pub status: ExportStatus,
     pub filename: String,
     pub tag_ids: Vec<Uuid>,
     pub options: serde_json::Value,
@@ -125,15 +159,23 @@ pub struct ExportRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-impl ExportRecord {
-    /// The typed status (an unknown stored value reads as FAILED rather than panicking).
-    pub fn status(&self) -> ExportStatus {
-        ExportStatus::parse(&self.status).unwrap_or(ExportStatus::Failed)
-    }
+/// Stored options that do not read as [`ExportOptions`] (a row written by something else).
+#[derive(Debug, thiserror::Error)]
+#[error("the stored options of export {export} cannot be read: {source}")]
+pub struct UnreadableOptions {
+    pub export: ExportId,
+    #[source]
+    pub source: serde_json::Error,
+}
 
-    /// The typed options; a row written by an older version gets the defaults for new fields.
-    pub fn options(&self) -> ExportOptions {
-        serde_json::from_value(self.options.clone()).unwrap_or_default()
+impl ExportRecord {
+    /// The typed options; a row written by an older version gets the defaults for fields it
+    /// does not have. Options that do not read are an error, never silently the defaults.
+    pub fn options(&self) -> Result<ExportOptions, UnreadableOptions> {
+        serde_json::from_value(self.options.clone()).map_err(|source| UnreadableOptions {
+            export: self.id,
+            source,
+        })
     }
 }
 

@@ -5,8 +5,9 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::error::InternalError;
 use super::idempotency::check_replay;
-use super::{ExportError, ExportRecord, ExportStatus, NewExport};
+use super::{ExportError, ExportId, ExportRecord, ExportStatus, NewExport, WorkspaceId};
 use crate::auth::Principal;
 use crate::db::schema::{exports, tags};
 
@@ -57,10 +58,10 @@ pub async fn create(
         }
         let inserted: Option<ExportRecord> = diesel::insert_into(exports::table)
             .values((
-                exports::id.eq(Uuid::new_v4()),
+                exports::id.eq(ExportId::new_random()),
                 exports::workspace_id.eq(principal.workspace_id),
                 exports::user_id.eq(principal.user_id),
-                exports::status.eq(ExportStatus::Pending.as_str()),
+                exports::status.eq(ExportStatus::Pending),
                 exports::filename.eq(&new.filename),
                 exports::tag_ids.eq(&new.tag_ids),
                 exports::options.eq(serde_json::to_value(new.options).expect("options serialise")),
@@ -83,7 +84,11 @@ pub async fn create(
                 check_replay(request_id, existing.id, stored.as_ref(), &params)?;
                 Ok(existing)
             }
-            (None, None) => Err(ExportError::NotFound),
+            // Without a key the only unique column is the id, a fresh random UUID: a collision
+            // is not the caller's doing.
+            (None, None) => Err(ExportError::Internal(InternalError::Invariant(
+                "a new export's id was already taken".to_owned(),
+            ))),
         }
     })
     .await
@@ -94,7 +99,7 @@ pub async fn create(
 /// pass. Other workspaces do not wait (but for a rare hash collision, which only serialises).
 async fn lock_workspace_creates(
     conn: &mut AsyncPgConnection,
-    workspace_id: Uuid,
+    workspace_id: WorkspaceId,
 ) -> Result<(), diesel::result::Error> {
     diesel::sql_query(
         "SELECT pg_advisory_xact_lock(hashtextextended('exportd.create:' || $1::text, 0))",
@@ -108,7 +113,7 @@ async fn lock_workspace_creates(
 /// Exports of the workspace waiting for or held by a worker.
 async fn count_queued(
     conn: &mut AsyncPgConnection,
-    workspace_id: Uuid,
+    workspace_id: WorkspaceId,
 ) -> Result<i64, diesel::result::Error> {
     #[derive(QueryableByName)]
     struct Queued {
@@ -129,7 +134,7 @@ async fn count_queued(
 /// The export made under `request_id`, and the parameters it was made with.
 async fn find_by_request_id(
     conn: &mut AsyncPgConnection,
-    workspace_id: Uuid,
+    workspace_id: WorkspaceId,
     request_id: &str,
 ) -> Result<Option<(ExportRecord, Option<serde_json::Value>)>, diesel::result::Error> {
     exports::table
@@ -144,8 +149,8 @@ async fn find_by_request_id(
 /// One export of the workspace.
 pub async fn get(
     conn: &mut AsyncPgConnection,
-    workspace_id: Uuid,
-    id: Uuid,
+    workspace_id: WorkspaceId,
+    id: ExportId,
 ) -> Result<ExportRecord, ExportError> {
     exports::table
         .filter(exports::workspace_id.eq(workspace_id))
@@ -160,7 +165,7 @@ pub async fn get(
 /// A page of the workspace's exports, newest first, and the token of the next page.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    workspace_id: Uuid,
+    workspace_id: WorkspaceId,
     page_size: i32,
     page_token: &str,
 ) -> Result<(Vec<ExportRecord>, Option<String>), ExportError> {
@@ -198,18 +203,18 @@ pub async fn list(
 /// Cancels an export: a queued one at once, a running one at its next batch boundary.
 pub async fn cancel(
     conn: &mut AsyncPgConnection,
-    workspace_id: Uuid,
-    id: Uuid,
+    workspace_id: WorkspaceId,
+    id: ExportId,
 ) -> Result<ExportRecord, ExportError> {
     let now = Utc::now();
     // Not yet claimed by a worker: nobody else will touch it, end it here.
     let cancelled: Option<ExportRecord> = diesel::update(exports::table)
         .filter(exports::workspace_id.eq(workspace_id))
         .filter(exports::id.eq(id))
-        .filter(exports::status.eq(ExportStatus::Pending.as_str()))
+        .filter(exports::status.eq(ExportStatus::Pending))
         .filter(exports::lease_owner.is_null())
         .set((
-            exports::status.eq(ExportStatus::Cancelled.as_str()),
+            exports::status.eq(ExportStatus::Cancelled),
             exports::job_done.eq(true),
             exports::cancel_requested.eq(true),
             exports::error_message.eq("cancelled by request"),
@@ -227,10 +232,7 @@ pub async fn cancel(
     let requested: Option<ExportRecord> = diesel::update(exports::table)
         .filter(exports::workspace_id.eq(workspace_id))
         .filter(exports::id.eq(id))
-        .filter(exports::status.eq_any([
-            ExportStatus::Pending.as_str(),
-            ExportStatus::Processing.as_str(),
-        ]))
+        .filter(exports::status.eq_any([ExportStatus::Pending, ExportStatus::Processing]))
         .set((
             exports::cancel_requested.eq(true),
             exports::updated_at.eq(now),
@@ -245,7 +247,7 @@ pub async fn cancel(
     let record = get(conn, workspace_id, id).await?;
     Err(ExportError::FailedPrecondition(format!(
         "export {id} is already {}; only a pending or processing export can be cancelled",
-        record.status
+        record.status.as_str()
     )))
 }
 
@@ -253,14 +255,14 @@ pub async fn cancel(
 struct PageToken;
 
 impl PageToken {
-    fn encode(at: DateTime<Utc>, id: Uuid) -> String {
-        format!("{}.{}", at.timestamp_micros(), id.simple())
+    fn encode(at: DateTime<Utc>, id: ExportId) -> String {
+        format!("{}.{}", at.timestamp_micros(), id.as_uuid().simple())
     }
 
-    fn decode(token: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    fn decode(token: &str) -> Option<(DateTime<Utc>, ExportId)> {
         let (micros, id) = token.split_once('.')?;
         let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-        Some((at, Uuid::try_parse(id).ok()?))
+        Some((at, ExportId(Uuid::try_parse(id).ok()?)))
     }
 }
 
@@ -271,7 +273,7 @@ mod tests {
     #[test]
     fn page_token_round_trips_and_rejects_garbage() {
         let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
-        let id = Uuid::new_v4();
+        let id = ExportId::new_random();
         assert_eq!(
             PageToken::decode(&PageToken::encode(at, id)),
             Some((at, id))

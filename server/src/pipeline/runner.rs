@@ -302,7 +302,13 @@ impl Run<'_> {
         selection: &Selection,
         filter: &TagFilter,
     ) -> Result<StoredFile, StepError> {
-        let stored = self.export.options();
+        let stored = self.export.options().map_err(|e| {
+            StepError::failed(
+                FailureKind::Fatal,
+                "the export's stored options cannot be read",
+                e,
+            )
+        })?;
         let options = CsvOptions {
             neutralize_formulas: stored.neutralize_formulas,
             delimiter: stored.delimiter,

@@ -6,12 +6,14 @@
 
 use uuid::Uuid;
 
+use crate::ids::WorkspaceId;
+
 use super::copy_rows::COPY_COLUMNS;
 
 /// Which contacts an export reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {
-    pub workspace_id: Uuid,
+    pub workspace_id: WorkspaceId,
     /// Any-of; empty means every contact of the workspace.
     pub tag_ids: Vec<Uuid>,
 }
@@ -83,7 +85,7 @@ mod tests {
 
     #[test]
     fn inlines_workspace_and_tags() {
-        let ws = Uuid::nil();
+        let ws = WorkspaceId(Uuid::nil());
         let tag = Uuid::max();
         let all = Selection {
             workspace_id: ws,

@@ -56,7 +56,7 @@ pub(super) fn interval(d: Duration) -> String {
 #[derive(QueryableByName)]
 struct Claimed {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
-    id: uuid::Uuid,
+    id: crate::ids::ExportId,
     #[diesel(sql_type = BigInt)]
     lease_generation: i64,
 }

@@ -534,7 +534,7 @@ pub struct CompletedFile<'a> {
 /// Records how a step's attempt ended.
 async fn finish_step(
     c: &mut AsyncPgConnection,
-    id: uuid::Uuid,
+    id: crate::ids::ExportId,
     step: StepName,
     status: StepStatus,
     output: Option<&serde_json::Value>,

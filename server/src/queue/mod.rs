@@ -25,6 +25,6 @@ pub use steps::{StepName, StepRecord, StepStatus, UnreadableOutput};
 /// One claim of one job: the job's generation as that claim set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fence {
-    pub export_id: uuid::Uuid,
+    pub export_id: crate::ids::ExportId,
     pub generation: i64,
 }

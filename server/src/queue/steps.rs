@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::ids::ExportId;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::de::DeserializeOwned;
-use uuid::Uuid;
 
 use crate::db::schema::export_steps;
 
@@ -145,7 +145,7 @@ type StoredRow = (
 /// (none today) are left out.
 pub async fn load(
     conn: &mut AsyncPgConnection,
-    export_id: Uuid,
+    export_id: ExportId,
 ) -> QueryResult<HashMap<StepName, StepRecord>> {
     let rows: Vec<StoredRow> = export_steps::table
         .filter(export_steps::export_id.eq(export_id))

@@ -3,9 +3,9 @@
 //! Sweeping is idempotent (deleting an object that is gone is no error), so replicas that
 //! sweep the same export at once do no harm: no lock is taken.
 
+use crate::ids::{ExportId, WorkspaceId};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
 
 use crate::db::DbError;
 use crate::db::schema::exports;
@@ -13,8 +13,8 @@ use crate::db::schema::exports;
 /// A finished export to sweep: every generation up to `generation` may have left an object.
 #[derive(Debug, Clone, Queryable)]
 pub struct Unswept {
-    pub id: Uuid,
-    pub workspace_id: Uuid,
+    pub id: ExportId,
+    pub workspace_id: WorkspaceId,
     pub generation: i64,
     /// The object the export points at (COMPLETED), which stays.
     pub storage_key: Option<String>,
@@ -38,7 +38,7 @@ pub async fn unswept(conn: &mut AsyncPgConnection, limit: i64) -> Result<Vec<Uns
 }
 
 /// Records that `id`'s stray objects are gone.
-pub async fn swept(conn: &mut AsyncPgConnection, id: Uuid) -> Result<(), DbError> {
+pub async fn swept(conn: &mut AsyncPgConnection, id: ExportId) -> Result<(), DbError> {
     diesel::update(exports::table.find(id))
         .set(exports::objects_swept.eq(true))
         .execute(conn)

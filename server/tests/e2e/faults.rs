@@ -395,7 +395,7 @@ async fn a_job_whose_worker_died_mid_stream_resumes_elsewhere_with_fresh_metadat
     assert_eq!((stream.status.as_str(), stream.attempts), ("succeeded", 2));
     assert_eq!(
         stream.output.as_ref().unwrap()["storage_key"],
-        json!(attempt_key(workspace_id, export_id, 2)),
+        json!(attempt_key(workspace_id.into(), export_id.into(), 2)),
         "the second claim's own object"
     );
     let notification = &steps["send-notification"];
@@ -424,7 +424,7 @@ async fn a_job_whose_worker_died_after_the_file_was_written_only_sends_the_notif
     // The dead worker wrote the file, marked the export COMPLETED and died before the mail.
     let refs: Vec<&Contact> = contacts.iter().collect();
     let file = expected_csv(&refs, true);
-    let key = attempt_key(api.ws.id, export_id, 1);
+    let key = attempt_key(api.ws.id.into(), export_id.into(), 1);
     api.storage.write(&key, file.clone()).await.unwrap();
     let sha256 = hex::encode(Sha256::digest(file.as_bytes()));
     let stored = json!({

@@ -54,8 +54,8 @@ impl Workspace {
         let token = auth::create_token(
             &mut conn,
             Principal {
-                workspace_id: id,
-                user_id,
+                workspace_id: id.into(),
+                user_id: user_id.into(),
             },
             "test",
             None,

@@ -45,7 +45,7 @@ async fn a_large_export_is_uploaded_to_s3_in_parts_and_downloads_whole() {
     assert!(export.size_bytes > 8 << 20, "{export:?}");
 
     let key = contact_export_server::storage::attempt_key(
-        app.ws.id,
+        app.ws.id.into(),
         export.id.parse().expect("a UUID"),
         1,
     );

@@ -201,8 +201,8 @@ async fn expired_and_revoked_tokens_are_unauthenticated() {
     let app = TestApp::spawn_with(api_only()).await;
     let mut conn = app.db.conn().await;
     let principal = Principal {
-        workspace_id: app.ws.id,
-        user_id: app.ws.user_id,
+        workspace_id: app.ws.id.into(),
+        user_id: app.ws.user_id.into(),
     };
     let expires = |d: TimeDelta| Some(Utc::now() + d);
     let expired = auth::issue_token(&mut conn, principal, "t", expires(TimeDelta::seconds(-1)))

@@ -262,8 +262,8 @@ async fn token(
     user_id: Uuid,
 ) -> anyhow::Result<String> {
     let principal = Principal {
-        workspace_id,
-        user_id,
+        workspace_id: workspace_id.into(),
+        user_id: user_id.into(),
     };
     Ok(auth::create_token(conn, principal, "exportd-bench", None).await?)
 }

@@ -145,10 +145,10 @@ async fn run_one(
     let _running = ctx.metrics.job_running();
     span.in_scope(|| tracing::info!("job claimed"));
     let task = {
-        let ctx = ctx.clone();
-        let claim = claim.clone();
+        let (ctx, claim, job) = (ctx.clone(), claim.clone(), job.clone());
         tokio::spawn(
-            async move { runner::run(&ctx, &claim, &interrupts).await }.instrument(span.clone()),
+            async move { runner::run(&ctx, &claim, &job, &interrupts).await }
+                .instrument(span.clone()),
         )
     };
     let panic = match task.await {
@@ -158,6 +158,8 @@ async fn run_one(
     };
     async {
         tracing::error!(panic = %panic, "the job's task panicked; it goes back to the queue");
+        // Not straight back: a job that crashes at once every time would spin.
+        tokio::time::sleep(ctx.retry.backoff).await;
         let error = format!("{}: {panic}", queue::CRASHED);
         match job.crashed(&error).await {
             Ok(()) | Err(JobError::Fenced(_)) => {}

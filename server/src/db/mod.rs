@@ -51,16 +51,16 @@ impl DbError {
     /// is restarting, or could not be reached in time. Worth retrying once it is back.
     pub fn is_transient(&self) -> bool {
         match self {
-            DbError::Query(e) => query_error_is_transient(e),
+            DbError::Query(e) => is_transient_query_error(e),
             DbError::Connect(_) => true,
-            DbError::Postgres(e) => postgres_error_is_transient(e),
+            DbError::Postgres(e) => is_transient_postgres_error(e),
             DbError::Pool(e) => match e {
                 PoolError::Timeout(_) => true,
                 PoolError::Backend(
                     diesel_async::pooled_connection::PoolError::ConnectionError(_),
                 ) => true,
                 PoolError::Backend(diesel_async::pooled_connection::PoolError::QueryError(e)) => {
-                    query_error_is_transient(e)
+                    is_transient_query_error(e)
                 }
                 _ => false,
             },
@@ -69,7 +69,8 @@ impl DbError {
     }
 }
 
-fn query_error_is_transient(e: &diesel::result::Error) -> bool {
+/// Whether a diesel error is the connection's (see [`DbError::is_transient`]).
+pub fn is_transient_query_error(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     match e {
         // diesel-async reports an error without SQLSTATE (the socket's) this way.
@@ -87,7 +88,8 @@ fn query_error_is_transient(e: &diesel::result::Error) -> bool {
     }
 }
 
-fn postgres_error_is_transient(e: &tokio_postgres::Error) -> bool {
+/// Whether a tokio-postgres error is the connection's (see [`DbError::is_transient`]).
+pub fn is_transient_postgres_error(e: &tokio_postgres::Error) -> bool {
     match e.code() {
         None => true,
         Some(code) => {

@@ -45,13 +45,18 @@ pub enum RunEnd {
 
 /// Runs the claimed export to its end, or until interrupted. Failures are logged here, once,
 /// and recorded on the export.
-pub async fn run(ctx: &PipelineContext, claim: &Claim, interrupts: &Interrupts) -> RunEnd {
+/// `job` is the claim's writer (see [`PipelineContext::job_writer`]).
+pub async fn run(
+    ctx: &PipelineContext,
+    claim: &Claim,
+    job: &JobWriter,
+    interrupts: &Interrupts,
+) -> RunEnd {
     let export = &claim.export;
-    let job = ctx.job_writer(claim);
     let mut run = Run {
         ctx,
         export,
-        job: &job,
+        job,
         interrupts,
         records: HashMap::new(),
     };
@@ -61,6 +66,10 @@ pub async fn run(ctx: &PipelineContext, claim: &Claim, interrupts: &Interrupts) 
         Err(StepError::LeaseLost) => {
             tracing::warn!("the job was claimed again elsewhere; this run stops");
             return RunEnd::TakenOver;
+        }
+        Err(StepError::Unrecorded(why)) => {
+            tracing::warn!(error = %why, "the run cannot tell what it recorded; it stops and leaves the job to its lease");
+            return RunEnd::Abandoned;
         }
         Err(StepError::Shutdown) => {
             tracing::info!("shutting down; job handed back");
@@ -134,7 +143,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     async fn steps(&mut self) -> Result<RunEnd, StepError> {
-        self.records = self.load_records().await?;
+        self.records = self.patiently(|| self.load_records()).await?;
         if self.job.fence().generation > self.ctx.retry.max_claims {
             return Err(StepError::failed(
                 FailureKind::Fatal,
@@ -158,10 +167,13 @@ impl Run<'_> {
                 }
                 self.job.processing().await?;
                 let filter = self
-                    .memo(StepName::ResolveTagFilter, async {
-                        let mut conn = self.ctx.pool.get().await.map_err(DbError::from)?;
-                        resolve_tag_filter::run(&mut conn, &selection).await
-                    })
+                    .memo(
+                        StepName::ResolveTagFilter,
+                        self.patiently(|| async {
+                            let mut conn = self.ctx.pool.get().await.map_err(DbError::from)?;
+                            resolve_tag_filter::run(&mut conn, &selection).await
+                        }),
+                    )
                     .await?;
                 self.stream_with_retries(&selection, &filter).await?
             }
@@ -196,6 +208,27 @@ impl Run<'_> {
         )
         .await;
         Ok(RunEnd::Done)
+    }
+
+    /// Runs `read` again, with backoff, while it fails because the database went away, for
+    /// as long as the job's writes would wait.
+    async fn patiently<T, F, Fut>(&self, mut read: F) -> Result<T, StepError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StepError>>,
+    {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match read().await {
+                Err(e) if e.is_transient() && started.elapsed() < self.job.patience() => {
+                    tracing::debug!(error = %e, "a read failed on a lost connection; retrying");
+                    self.interrupts.sleep(backoff).await?;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn load_records(&self) -> Result<HashMap<StepName, StepRecord>, StepError> {
@@ -242,6 +275,10 @@ impl Run<'_> {
     where
         F: Future<Output = Result<T, StepError>>,
     {
+        let failures = self.failures(step);
+        if failures >= self.ctx.retry.max_failures {
+            return Err(self.gave_up(step, failures));
+        }
         let start = self.job.step_started(step).await?;
         let span = tracing::info_span!("step", step = %step, attempt = start.attempts);
         async {
@@ -287,6 +324,7 @@ impl Run<'_> {
             Err(StepError::Cancelled) => "cancelled",
             Err(StepError::LeaseLost) => "taken over",
             Err(StepError::Shutdown) => "handed back",
+            Err(StepError::Unrecorded(_)) => "unknown",
         };
         tracing::info!(
             duration_ms = elapsed.as_millis() as u64,
@@ -420,34 +458,20 @@ impl Run<'_> {
         let (snapshot, metadata) = self
             .attempt(
                 StepName::ResolveExportMetadata,
-                async {
-                    let snapshot = self.open_snapshot().await?;
+                // A connection lost before or during the query: a new snapshot, once the
+                // database is back.
+                self.patiently(|| async {
+                    let snapshot = Snapshot::open(&self.ctx.database)
+                        .await
+                        .map_err(StepError::read)?;
                     let metadata = resolve_export_metadata::run(&snapshot, selection).await?;
                     Ok((snapshot, metadata))
-                },
+                }),
                 |(_, metadata)| Some((StepStatus::Succeeded, to_json(metadata))),
             )
             .await?;
         self.job.total_rows(metadata.total_rows).await?;
         Ok((snapshot, metadata))
-    }
-
-    /// A new snapshot; while the database cannot be reached, tried again with backoff for as
-    /// long as the job's writes are (an outage of a few seconds delays the export).
-    async fn open_snapshot(&self) -> Result<Snapshot, StepError> {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match Snapshot::open(&self.ctx.database).await {
-                Ok(snapshot) => return Ok(snapshot),
-                Err(e) if e.is_transient() && started.elapsed() < self.job.patience() => {
-                    tracing::debug!(error = %e, "cannot open a snapshot yet; retrying");
-                    self.interrupts.sleep(backoff).await?;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => return Err(StepError::read(e)),
-            }
-        }
     }
 
     /// The notification step, unless the workspace wants none. A replica without a mail
@@ -516,9 +540,10 @@ async fn attempt_then_complete(
         Ok(Completion::Completed) => return Ok(stored),
         Ok(Completion::Cancelled) => StepError::Cancelled,
         Err(JobError::Fenced(_)) => StepError::LeaseLost,
-        // Whether the completion committed is unknown: the object stays, and the sweep at the
+        // Whether the completion committed is unknown: nothing more is written in this run
+        // (the next run reads what was recorded); the object stays, and the sweep at the
         // job's end removes it unless the export points at it.
-        Err(JobError::Db(e)) => return Err(StepError::read(e)),
+        Err(JobError::Db(e)) => return Err(StepError::Unrecorded(e.to_string())),
     };
     if let Err(e) = run.ctx.storage.delete(storage_key).await {
         tracing::warn!(error = %e, key = storage_key, "removing the attempt's object failed; the sweep retries");

@@ -12,6 +12,11 @@ pub enum StepError {
     /// This process is shutting down; the job is released for another worker.
     #[error("shutting down")]
     Shutdown,
+    /// The run cannot know whether a write it made took effect (the database went away
+    /// during the commit and did not come back in time): it stops touching the job and
+    /// leaves it to its lease, so that the next run decides from what was recorded.
+    #[error("outcome unknown: {0}")]
+    Unrecorded(String),
     /// A real failure. `public` is what the caller reads in `error_message`; `source` goes to
     /// the logs only.
     #[error("{public}: {source}")]
@@ -78,6 +83,28 @@ fn is_storage_full(error: &(dyn std::error::Error + 'static)) -> bool {
             )
         })
     })
+}
+
+impl StepError {
+    /// Whether the failure is the database's connection going away (worth waiting for, then
+    /// trying again), rather than the step's own.
+    pub fn is_transient(&self) -> bool {
+        let StepError::Failed { source, .. } = self else {
+            return false;
+        };
+        let first: &(dyn std::error::Error + 'static) = source.as_ref();
+        std::iter::successors(Some(first), |e| e.source()).any(|e| {
+            if let Some(db) = e.downcast_ref::<crate::db::DbError>() {
+                db.is_transient()
+            } else if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() {
+                crate::db::is_transient_postgres_error(pg)
+            } else if let Some(query) = e.downcast_ref::<diesel::result::Error>() {
+                crate::db::is_transient_query_error(query)
+            } else {
+                false
+            }
+        })
+    }
 }
 
 impl From<diesel::result::Error> for StepError {

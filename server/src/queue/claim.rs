@@ -67,13 +67,15 @@ pub async fn claim(
     conn: &mut AsyncPgConnection,
     policy: &ClaimPolicy,
 ) -> Result<Option<Claim>, DbError> {
-    let claimed: Option<Claimed> = conn
+    // The claimed row is read in the claim's own transaction: a claim whose row could not be
+    // read is no claim at all (it would hold the job for a lease with nobody running it).
+    let claim: Option<Claim> = conn
         .transaction(async |conn| {
             diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
                 .bind::<Text, _>(CLAIM_LOCK)
                 .execute(conn)
                 .await?;
-            diesel::sql_query(concat!(
+            let claimed: Option<Claimed> = diesel::sql_query(concat!(
                 "UPDATE exports SET lease_owner = $1, lease_expires_at = now() + $2::interval, \
                  lease_generation = lease_generation + 1 \
                  WHERE id = (SELECT e.id FROM exports e WHERE ",
@@ -91,28 +93,29 @@ pub async fn claim(
             .bind::<Integer, _>(i32::try_from(policy.max_running_per_workspace).unwrap_or(i32::MAX))
             .get_result(conn)
             .await
-            .optional()
+            .optional()?;
+            let Some(Claimed {
+                id,
+                lease_generation,
+            }) = claimed
+            else {
+                return Ok::<_, diesel::result::Error>(None);
+            };
+            let export = exports::table
+                .find(id)
+                .select(ExportRecord::as_select())
+                .first(conn)
+                .await?;
+            Ok(Some(Claim {
+                export,
+                fence: Fence {
+                    export_id: id,
+                    generation: lease_generation,
+                },
+            }))
         })
         .await?;
-    let Some(Claimed {
-        id,
-        lease_generation,
-    }) = claimed
-    else {
-        return Ok(None);
-    };
-    let export = exports::table
-        .find(id)
-        .select(ExportRecord::as_select())
-        .first(conn)
-        .await?;
-    Ok(Some(Claim {
-        export,
-        fence: Fence {
-            export_id: id,
-            generation: lease_generation,
-        },
-    }))
+    Ok(claim)
 }
 
 #[derive(QueryableByName)]

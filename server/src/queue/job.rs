@@ -11,6 +11,7 @@
 //! an outage of a few seconds delays a job, it does not fail it or make it wait for its
 //! lease to run out.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -143,6 +144,8 @@ pub struct JobWriter {
     worker: String,
     /// How long a write keeps retrying a lost connection.
     patience: Duration,
+    /// The step this run started last and has not ended (for [`JobWriter::crashed`]).
+    running: Arc<Mutex<Option<StepName>>>,
 }
 
 /// Builds the fenced update of this job's export.
@@ -171,6 +174,7 @@ impl JobWriter {
             fence,
             worker: worker.to_owned(),
             patience: Duration::from_secs(30),
+            running: Arc::default(),
         }
     }
 
@@ -201,8 +205,11 @@ impl JobWriter {
     /// Renews the lease for `lease` from now.
     pub async fn renew(&self, lease: Duration) -> Result<(), JobError> {
         let n = retrying!(self, |c| {
+            // A lease handed back (no owner) is not renewed, even by a renewal that was
+            // already on its way when the run released it.
             Ok(fenced!(self)
                 .filter(exports::job_done.eq(false))
+                .filter(exports::lease_owner.is_not_null())
                 .set(
                     exports::lease_expires_at.eq(sql::<Nullable<Timestamptz>>(&format!(
                         "now() + interval '{}'",
@@ -300,6 +307,7 @@ impl JobWriter {
             .await?)
         })?;
         self.changed(n)?;
+        *self.running.lock().expect("running step lock") = Some(step);
         start.ok_or(JobError::Fenced(self.fence.generation))
     }
 
@@ -313,7 +321,17 @@ impl JobWriter {
         let id = self.fence.export_id;
         fenced_transaction!(self, |c, _cancel| {
             finish_step(c, id, step, status, Some(output), None, false).await
-        })
+        })?;
+        self.step_ended(step);
+        Ok(())
+    }
+
+    /// `step` is no longer running in this run.
+    fn step_ended(&self, step: StepName) {
+        let mut running = self.running.lock().expect("running step lock");
+        if *running == Some(step) {
+            *running = None;
+        }
     }
 
     /// A step's attempt failed (counted towards its cap); `error` is for operators.
@@ -321,7 +339,9 @@ impl JobWriter {
         let id = self.fence.export_id;
         fenced_transaction!(self, |c, _cancel| {
             finish_step(c, id, step, StepStatus::Failed, None, Some(error), true).await
-        })
+        })?;
+        self.step_ended(step);
+        Ok(())
     }
 
     /// The number of rows the file will hold.
@@ -442,27 +462,33 @@ impl JobWriter {
             Ok(Completion::Completed)
         })?;
         if completion == Completion::Completed {
+            self.step_ended(step);
             self.events.publish(id);
         }
         Ok(completion)
     }
 
-    /// Ends the export FAILED or CANCELLED, and its job with it. A COMPLETED export is never
-    /// ended otherwise (the update finds no row, as if fenced).
+    /// Ends the job, and the export FAILED or CANCELLED with it. A COMPLETED export stays as
+    /// callers saw it (a failure after its file, of the mail say, changes nothing visible):
+    /// only its job ends.
     pub async fn end(&self, status: ExportStatus, message: &str) -> Result<(), JobError> {
         let now = Utc::now();
         let n = retrying!(self, |c| {
             Ok(fenced!(self)
-                .filter(exports::status.ne(ExportStatus::Completed.as_str()))
                 .set((
-                    exports::status.eq(status.as_str()),
-                    exports::error_message.eq(message),
+                    exports::status
+                        .eq(case_when(is_completed(), exports::status).otherwise(status.as_str())),
+                    exports::error_message
+                        .eq(case_when(is_completed(), exports::error_message)
+                            .otherwise(Some(message))),
                     exports::job_done.eq(true),
                     exports::needs_mailer.eq(false),
                     exports::lease_owner.eq(None::<String>),
                     exports::lease_expires_at.eq(None::<chrono::DateTime<Utc>>),
-                    exports::updated_at.eq(now),
-                    exports::finished_at.eq(now),
+                    exports::updated_at
+                        .eq(case_when(is_completed(), exports::updated_at).otherwise(now)),
+                    exports::finished_at
+                        .eq(case_when(is_completed(), exports::finished_at).otherwise(Some(now))),
                 ))
                 .execute(c)
                 .await?)
@@ -488,7 +514,9 @@ impl JobWriter {
 
     async fn release_with(&self, done: bool, needs_mailer: bool) -> Result<(), JobError> {
         let n = retrying!(self, |c| {
+            // A job that is done stays done.
             Ok(fenced!(self)
+                .filter(exports::job_done.eq(false))
                 .set((
                     exports::job_done.eq(done),
                     exports::needs_mailer.eq(needs_mailer),
@@ -501,13 +529,18 @@ impl JobWriter {
         self.changed(n)
     }
 
-    /// The job's task panicked: the steps it was running failed (counted towards their cap)
-    /// with `error`, and the job goes back to the queue.
+    /// The job's task panicked: the step this run was running failed (counted towards its
+    /// cap) with `error`, and the job goes back to the queue.
     pub async fn crashed(&self, error: &str) -> Result<(), JobError> {
         let id = self.fence.export_id;
+        let running = *self.running.lock().expect("running step lock");
+        let Some(step) = running else {
+            return self.release().await;
+        };
         fenced_transaction!(self, |c, _cancel| {
             diesel::update(export_steps::table)
                 .filter(export_steps::export_id.eq(id))
+                .filter(export_steps::step.eq(step.as_str()))
                 .filter(export_steps::status.eq(StepStatus::Running.as_str()))
                 .set((
                     export_steps::status.eq(StepStatus::Failed.as_str()),

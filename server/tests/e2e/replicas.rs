@@ -482,3 +482,35 @@ async fn a_step_that_panics_is_retried_then_fails_saying_it_crashed() {
         .await
         .expect("exits");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_step_that_panics_leaves_the_export_completed_and_its_job_done() {
+    let setup = Setup::new().await;
+    let mut replica = setup.replica(0);
+    replica.faults = Some("panic-in=send-notification".to_owned());
+    let exportd = Exportd::start(&replica).await;
+    let ws = Workspace::create(&setup.db, exportd.addr, true).await;
+    seed(&setup.db, ws.id, 10).await;
+
+    let created = ws.client.create(all_contacts()).await.unwrap();
+    let done = within("the export", ws.client.wait(&created.id))
+        .await
+        .unwrap();
+    assert_eq!(done.status(), ExportStatus::Completed, "{done:?}");
+    // The mail step crashes its worker six times, then is given up: the job ends, the export
+    // stays as callers saw it, and nothing keeps claiming it.
+    wait_for_job_done(&setup.db, created.id.parse().unwrap()).await;
+    let row = job_row(&setup.db, &created.id).await;
+    assert_eq!(row.status, "completed");
+    assert!(row.lease_owner.is_none());
+    assert_eq!(ws.client.get(&created.id).await.unwrap(), done);
+    assert_eq!(
+        exportd
+            .lines_with("the job's task panicked; it goes back to the queue")
+            .len(),
+        6,
+        "{}",
+        exportd.log_text()
+    );
+    assert!(setup.smtp.received().is_empty());
+}

@@ -68,12 +68,13 @@ pub async fn run(
     {
         write = write.chunk(UPLOAD_CHUNK);
     }
-    let mut writer = write.await.map_err(StepError::write)?;
+    let mut writer = Upload(Some(write.await.map_err(StepError::write)?));
     let storage_key = input.storage_key.to_owned();
-    let written = match write_rows(ctx, job, interrupts, input, &mut writer).await {
+    let written = match write_rows(ctx, job, interrupts, input, writer.get()).await {
         // `close` uploads what the writer still buffers (for a small file, all of it) and
         // commits the object: it fails like any write, and then needs the same abort.
         Ok(written) => writer
+            .get()
             .close()
             .await
             .map(|_| written)
@@ -81,19 +82,50 @@ pub async fn run(
         Err(e) => Err(e),
     };
     match written {
-        Ok((size_bytes, sha256, rows)) => Ok(StoredFile {
-            storage_key,
-            size_bytes,
-            sha256,
-            rows,
-        }),
+        Ok((size_bytes, sha256, rows)) => {
+            writer.0 = None;
+            Ok(StoredFile {
+                storage_key,
+                size_bytes,
+                sha256,
+                rows,
+            })
+        }
         Err(e) => {
             // Leave no partial object behind (nor an unfinished multipart upload, whose parts
             // the object store keeps and bills); the step's own error is the one that matters.
-            if let Err(abort) = writer.abort().await {
+            if let Some(mut w) = writer.0.take()
+                && let Err(abort) = w.abort().await
+            {
                 tracing::warn!(error = %abort, "aborting the storage writer failed");
             }
             Err(e)
+        }
+    }
+}
+
+/// A storage writer that is aborted if dropped unfinished (its task panicked, or was
+/// dropped at the shutdown timeout): no unfinished multipart upload is left to the store.
+struct Upload(Option<Writer>);
+
+impl Upload {
+    fn get(&mut self) -> &mut Writer {
+        self.0
+            .as_mut()
+            .expect("the writer is there until the upload ends")
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(mut writer) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(e) = writer.abort().await {
+                    tracing::warn!(error = %e, "aborting an abandoned storage writer failed");
+                }
+            });
         }
     }
 }

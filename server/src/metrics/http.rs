@@ -8,8 +8,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::Metrics;
-use super::text;
+use super::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
 use crate::db::PgPool;
 
 #[derive(Clone)]
@@ -35,5 +34,5 @@ pub async fn serve(
 
 async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
     let body = scrape.metrics.render(&scrape.pool).await;
-    ([(CONTENT_TYPE, text::CONTENT_TYPE)], body)
+    ([(CONTENT_TYPE, METRICS_CONTENT_TYPE)], body)
 }

@@ -1,23 +1,31 @@
-//! Prometheus metrics: what this replica did (counters, a histogram and a gauge kept in atomics)
-//! and what the shared database holds (read when scraped).
+//! Prometheus metrics (`prometheus-client`): what this replica did (counters, a histogram
+//! and a gauge) and what the shared database holds (read when scraped).
 //!
 //! [`Metrics`] is a cheap handle that the worker and the pipeline record into; nothing here
-//! knows about HTTP, which [`http`] adds on top. The registry is hand-written rather than
-//! `prometheus-client`: the set of series is small and fixed (four steps, six statuses), and
-//! two of the gauges come from an async database query at scrape time, which fits a render
-//! function better than that crate's synchronous collectors.
+//! knows about HTTP, which [`http`] adds on top. The database's two gauges come from an async
+//! query at scrape time: each scrape reads them first, then builds a registry of that moment
+//! (this replica's metrics, shared, and the database's, if they could be read) and encodes it.
 
 mod database;
 pub mod http;
-mod text;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::db::PgPool;
 use crate::queue::StepName;
 use database::{DatabaseGauges, read_database};
+
+/// The `Content-Type` of what [`Metrics::render`] writes: OpenMetrics 1.0, which Prometheus
+/// asks for and reads (names, labels and types as in the 0.0.4 text format).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the step duration buckets: from a quick query to a long stream.
 const DURATION_BUCKETS: [f64; 15] = [
@@ -27,94 +35,103 @@ const DURATION_BUCKETS: [f64; 15] = [
 /// A scrape gives up on the database after this long and reports what this replica knows.
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// This replica's metrics. Clones share one registry.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabel {
+    step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+/// This replica's metrics. Clones share them.
+#[derive(Clone)]
 pub struct Metrics {
-    registry: Arc<Registry>,
+    inner: Arc<Inner>,
 }
 
-#[derive(Default)]
-struct Registry {
-    running_jobs: AtomicI64,
-    rows_exported: AtomicU64,
-    bytes_written: AtomicU64,
-    /// Indexed like [`StepName::ALL`].
-    steps: [StepMetrics; StepName::ALL.len()],
+struct Inner {
+    running_jobs: Gauge,
+    rows_exported: Counter,
+    bytes_written: Counter,
+    step_duration: Family<StepLabel, Histogram>,
+    step_retries: Family<StepLabel, Counter>,
+    step_failures: Family<StepLabel, Counter>,
 }
 
-#[derive(Default)]
-struct StepMetrics {
-    duration: Histogram,
-    retries: AtomicU64,
-    failures: AtomicU64,
-}
-
-/// Per-bucket (not cumulative) counts, the last one for observations above every bound, so
-/// that the count and the `+Inf` bucket, both derived from them, always agree.
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        let bucket = DURATION_BUCKETS
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(DURATION_BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+impl Default for Metrics {
+    fn default() -> Self {
+        let inner = Inner {
+            running_jobs: Gauge::default(),
+            rows_exported: Counter::default(),
+            bytes_written: Counter::default(),
+            step_duration: Family::new_with_constructor(|| {
+                Histogram::new(DURATION_BUCKETS.iter().copied())
+            }),
+            step_retries: Family::default(),
+            step_failures: Family::default(),
+        };
+        // Every step has its series from the start, at zero.
+        for step in StepName::ALL {
+            let label = StepLabel {
+                step: step.as_str(),
+            };
+            let _ = inner.step_duration.get_or_create(&label);
+            let _ = inner.step_retries.get_or_create(&label);
+            let _ = inner.step_failures.get_or_create(&label);
+        }
+        Metrics {
+            inner: Arc::new(inner),
+        }
     }
 }
 
 impl Metrics {
     /// Counts a job as running until the returned guard is dropped (also by a panic).
     pub fn job_running(&self) -> RunningJob {
-        self.registry.running_jobs.fetch_add(1, Ordering::Relaxed);
+        self.inner.running_jobs.inc();
         RunningJob {
-            registry: self.registry.clone(),
+            inner: self.inner.clone(),
         }
     }
 
-    /// Bytes handed to the storage writer, by any attempt (also one that is later aborted).
+    /// Bytes of an export file written to storage.
     pub fn bytes_written(&self, bytes: usize) {
-        self.registry
-            .bytes_written
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.inner.bytes_written.inc_by(bytes as u64);
     }
 
-    /// Rows handed to the storage writer, by any attempt (also one that is later aborted).
+    /// Rows of an export written to storage.
     pub fn rows_exported(&self, rows: usize) {
-        self.registry
-            .rows_exported
-            .fetch_add(rows as u64, Ordering::Relaxed);
+        self.inner.rows_exported.inc_by(rows as u64);
     }
 
     /// One attempt of `step` ran for `elapsed`; `failed` when it ended in a real failure
     /// (not a cancellation, a shutdown or a lost lease).
     pub fn step_attempt(&self, step: StepName, elapsed: Duration, failed: bool) {
-        let metrics = self.step(step);
-        metrics.duration.observe(elapsed);
+        let label = StepLabel {
+            step: step.as_str(),
+        };
+        self.inner
+            .step_duration
+            .get_or_create(&label)
+            .observe(elapsed.as_secs_f64());
         if failed {
-            metrics.failures.fetch_add(1, Ordering::Relaxed);
+            self.inner.step_failures.get_or_create(&label).inc();
         }
     }
 
     /// The runner tries `step` again after a failed attempt.
     pub fn step_retried(&self, step: StepName) {
-        self.step(step).retries.fetch_add(1, Ordering::Relaxed);
+        let label = StepLabel {
+            step: step.as_str(),
+        };
+        self.inner.step_retries.get_or_create(&label).inc();
     }
 
-    fn step(&self, step: StepName) -> &StepMetrics {
-        &self.registry.steps[step.index()]
-    }
-
-    /// The text exposition of every metric, with the database's gauges read now. If the
-    /// database cannot be read, they are left out and `contact_export_database_up` says so: a
-    /// scrape still shows what this replica is doing.
+    /// The exposition of every metric, with the database's gauges read now. If the database
+    /// cannot be read, they are left out and `contact_export_database_up` says so: a scrape
+    /// still shows what this replica is doing.
     pub async fn render(&self, pool: &PgPool) -> String {
         let database = match tokio::time::timeout(DATABASE_TIMEOUT, read_database(pool)).await {
             Ok(Ok(gauges)) => Some(gauges),
@@ -131,122 +148,82 @@ impl Metrics {
     }
 
     fn encode(&self, database: Option<&DatabaseGauges>) -> String {
-        let r = &*self.registry;
-        let mut out = text::Encoder::default();
+        let inner = &*self.inner;
+        let mut registry = Registry::default();
         if let Some(db) = database {
-            out.family(
-                "contact_export_exports",
-                "gauge",
-                "Exports by status, across all workspaces (read from the database).",
-            );
+            let exports = Family::<StatusLabel, Gauge>::default();
             for (status, count) in &db.exports_by_status {
-                out.sample("contact_export_exports", &[("status", status)], *count);
+                exports
+                    .get_or_create(&StatusLabel {
+                        status: status.clone(),
+                    })
+                    .set(*count);
             }
-            out.family(
+            registry.register(
+                "contact_export_exports",
+                "Exports by status, across all workspaces (read from the database)",
+                exports,
+            );
+            let depth = Gauge::<i64>::default();
+            depth.set(db.queue_depth);
+            registry.register(
                 "contact_export_queue_depth",
-                "gauge",
-                "Jobs a worker could claim now: not done and not leased (read from the database).",
+                "Jobs a worker could claim now: not done and not leased (read from the database)",
+                depth,
             );
-            out.sample("contact_export_queue_depth", &[], db.queue_depth);
         }
-        out.family(
+        let up = Gauge::<i64>::default();
+        up.set(i64::from(database.is_some()));
+        registry.register(
             "contact_export_database_up",
-            "gauge",
-            "1 if this scrape read the database's gauges, 0 if they are missing from it.",
+            "1 if this scrape read the database's gauges, 0 if they are missing from it",
+            up,
         );
-        out.sample(
-            "contact_export_database_up",
-            &[],
-            i64::from(database.is_some()),
-        );
-        out.family(
+        registry.register(
             "contact_export_running_jobs",
-            "gauge",
-            "Jobs this replica runs now.",
+            "Jobs this replica runs now",
+            inner.running_jobs.clone(),
         );
-        out.sample(
-            "contact_export_running_jobs",
-            &[],
-            r.running_jobs.load(Ordering::Relaxed),
+        registry.register(
+            "contact_export_rows_exported",
+            "CSV rows this replica wrote to storage, by every attempt",
+            inner.rows_exported.clone(),
         );
-        out.family(
-            "contact_export_rows_exported_total",
-            "counter",
-            "CSV rows this replica wrote to storage, by every attempt.",
+        registry.register(
+            "contact_export_bytes_written",
+            "CSV bytes this replica wrote to storage, by every attempt",
+            inner.bytes_written.clone(),
         );
-        out.sample(
-            "contact_export_rows_exported_total",
-            &[],
-            r.rows_exported.load(Ordering::Relaxed),
-        );
-        out.family(
-            "contact_export_bytes_written_total",
-            "counter",
-            "CSV bytes this replica wrote to storage, by every attempt.",
-        );
-        out.sample(
-            "contact_export_bytes_written_total",
-            &[],
-            r.bytes_written.load(Ordering::Relaxed),
-        );
-
-        out.family(
+        registry.register(
             "contact_export_step_duration_seconds",
-            "histogram",
-            "Duration of each attempt of a pipeline step on this replica.",
+            "Duration of each attempt of a pipeline step on this replica",
+            inner.step_duration.clone(),
         );
-        for (name, metrics) in StepName::ALL.iter().map(|s| s.as_str()).zip(&r.steps) {
-            let counts: Vec<u64> = metrics
-                .duration
-                .buckets
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect();
-            let sum = metrics.duration.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-            out.histogram(
-                "contact_export_step_duration_seconds",
-                ("step", name),
-                &DURATION_BUCKETS,
-                &counts,
-                sum,
-            );
-        }
-        out.family(
-            "contact_export_step_retries_total",
-            "counter",
-            "Retries of a pipeline step after a failed attempt, on this replica.",
+        registry.register(
+            "contact_export_step_retries",
+            "Retries of a pipeline step after a failed attempt, on this replica",
+            inner.step_retries.clone(),
         );
-        for (name, metrics) in StepName::ALL.iter().map(|s| s.as_str()).zip(&r.steps) {
-            out.sample(
-                "contact_export_step_retries_total",
-                &[("step", name)],
-                metrics.retries.load(Ordering::Relaxed),
-            );
-        }
-        out.family(
-            "contact_export_step_failures_total",
-            "counter",
-            "Failed attempts of a pipeline step on this replica (cancellations excluded).",
+        registry.register(
+            "contact_export_step_failures",
+            "Failed attempts of a pipeline step on this replica (cancellations excluded)",
+            inner.step_failures.clone(),
         );
-        for (name, metrics) in StepName::ALL.iter().map(|s| s.as_str()).zip(&r.steps) {
-            out.sample(
-                "contact_export_step_failures_total",
-                &[("step", name)],
-                metrics.failures.load(Ordering::Relaxed),
-            );
-        }
-        out.finish()
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing into a String cannot fail");
+        out
     }
 }
 
 /// Decrements the running jobs when dropped.
 pub struct RunningJob {
-    registry: Arc<Registry>,
+    inner: Arc<Inner>,
 }
 
 impl Drop for RunningJob {
     fn drop(&mut self) {
-        self.registry.running_jobs.fetch_sub(1, Ordering::Relaxed);
+        self.inner.running_jobs.dec();
     }
 }
 
@@ -293,7 +270,7 @@ mod tests {
                 format!(r#"contact_export_step_duration_seconds_{suffix}{{step="stream-export"}}"#)
             } else {
                 format!(
-                    r#"contact_export_step_duration_seconds_{suffix}{{step="stream-export",le="{le}"}}"#
+                    r#"contact_export_step_duration_seconds_{suffix}{{le="{le}",step="stream-export"}}"#
                 )
             };
             sample(&text, &series).to_owned()
@@ -301,10 +278,11 @@ mod tests {
         assert_eq!(stream("bucket", "0.025"), "0");
         assert_eq!(stream("bucket", "0.05"), "1");
         assert_eq!(stream("bucket", "2.5"), "2");
-        assert_eq!(stream("bucket", "600"), "2");
+        assert_eq!(stream("bucket", "600.0"), "2");
         assert_eq!(stream("bucket", "+Inf"), "3");
         assert_eq!(stream("count", ""), "3");
-        assert_eq!(stream("sum", ""), "3602.03");
+        let sum: f64 = stream("sum", "").parse().unwrap();
+        assert!((sum - 3602.03).abs() < 1e-6, "{sum}");
         assert_eq!(
             sample(
                 &text,
@@ -346,13 +324,16 @@ mod tests {
                 let name = line.split(['{', ' ']).next().unwrap();
                 assert!(
                     declared.iter().any(|family| name == family
-                        || ["_bucket", "_sum", "_count"]
+                        || ["_bucket", "_sum", "_count", "_total"]
                             .iter()
                             .any(|s| name.strip_suffix(s) == Some(family))),
                     "{line} comes before its TYPE"
                 );
             }
         }
-        assert!(text.ends_with('\n'));
+        assert!(
+            text.ends_with("# EOF\n"),
+            "OpenMetrics ends its exposition: {text}"
+        );
     }
 }

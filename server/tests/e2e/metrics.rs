@@ -80,7 +80,7 @@ async fn scrape(app: &TestApp) -> Scrape {
     assert_eq!(code, 200, "{head}\n{text}");
     assert!(
         head.to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4"),
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
         "{head}"
     );
     let samples = text
@@ -155,7 +155,7 @@ async fn a_scrape_shows_the_running_export_and_afterwards_what_it_wrote() {
         assert_eq!(after.per_step(count, step), 1.0, "{step}");
         assert_eq!(
             after.value(&format!(
-                "contact_export_step_duration_seconds_bucket{{step=\"{step}\",le=\"+Inf\"}}"
+                "contact_export_step_duration_seconds_bucket{{le=\"+Inf\",step=\"{step}\"}}"
             )),
             1.0,
             "{step}"

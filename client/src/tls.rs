@@ -1,5 +1,7 @@
 //! TLS settings for `https://` addresses.
 
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::ClientError;
@@ -42,7 +44,7 @@ impl ClientTls {
             Some(ca) => {
                 // rustls skips what it cannot parse: a file without a certificate would leave
                 // nothing trusted and fail every handshake with a vaguer message.
-                if !has_pem_block(&ca, "CERTIFICATE") {
+                if !holds_certificates(&ca) {
                     return Err(ClientError::InvalidTls(
                         "the CA file holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
                     ));
@@ -53,12 +55,12 @@ impl ClientTls {
         };
         let config = match self.identity {
             Some((cert, key)) => {
-                if !has_pem_block(&cert, "CERTIFICATE") {
+                if !holds_certificates(&cert) {
                     return Err(ClientError::InvalidTls(
                         "the client certificate file holds no PEM certificate",
                     ));
                 }
-                if !has_pem_block(&key, "PRIVATE KEY") {
+                if PrivateKeyDer::from_pem_slice(&key).is_err() {
                     return Err(ClientError::InvalidTls(
                         "the client key file holds no PEM private key",
                     ));
@@ -74,15 +76,10 @@ impl ClientTls {
     }
 }
 
-/// Whether `bytes` hold a PEM block whose label ends in `label` (`EC PRIVATE KEY` counts as
-/// `PRIVATE KEY`).
-fn has_pem_block(bytes: &[u8], label: &str) -> bool {
-    String::from_utf8_lossy(bytes).lines().any(|line| {
-        line.trim()
-            .strip_prefix("-----BEGIN ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-            .is_some_and(|found| found.ends_with(label))
-    })
+/// At least one PEM certificate, and every one of them readable.
+fn holds_certificates(bytes: &[u8]) -> bool {
+    let mut certs = CertificateDer::pem_slice_iter(bytes).peekable();
+    certs.peek().is_some() && certs.all(|c| c.is_ok())
 }
 
 #[cfg(test)]

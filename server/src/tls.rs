@@ -2,6 +2,8 @@
 //! asks every client for a certificate signed by that CA (mutual TLS). Plaintext stays the
 //! default. rustls underneath, with aws-lc-rs as its one crypto provider.
 
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -110,14 +112,20 @@ impl TlsArgs {
     }
 }
 
-/// The file's bytes, if it holds a PEM block whose label ends in `label`.
+/// The file's bytes, if it holds a PEM certificate (`label` `CERTIFICATE`) or private key
+/// (PKCS#8, PKCS#1 or SEC1) that parses.
 fn read_pem(flag: &'static str, path: &Path, label: &str) -> Result<Vec<u8>, TlsError> {
     let bytes = std::fs::read(path).map_err(|error| TlsError::Read {
         flag,
         path: path.to_owned(),
         error,
     })?;
-    if !has_pem_block(&bytes, label) {
+    let found = if label == "CERTIFICATE" {
+        holds_certificates(&bytes)
+    } else {
+        PrivateKeyDer::from_pem_slice(&bytes).is_ok()
+    };
+    if !found {
         return Err(TlsError::Content {
             flag,
             path: path.to_owned(),
@@ -131,13 +139,10 @@ fn read_pem(flag: &'static str, path: &Path, label: &str) -> Result<Vec<u8>, Tls
     Ok(bytes)
 }
 
-fn has_pem_block(bytes: &[u8], label: &str) -> bool {
-    String::from_utf8_lossy(bytes).lines().any(|line| {
-        line.trim()
-            .strip_prefix("-----BEGIN ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-            .is_some_and(|found| found.ends_with(label))
-    })
+/// At least one PEM certificate, and every one of them readable.
+fn holds_certificates(bytes: &[u8]) -> bool {
+    let mut certs = CertificateDer::pem_slice_iter(bytes).peekable();
+    certs.peek().is_some() && certs.all(|c| c.is_ok())
 }
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -236,10 +241,15 @@ mod tests {
     }
 
     #[test]
-    fn pem_labels() {
-        let key = b"-----BEGIN EC PRIVATE KEY-----\nAA\n-----END EC PRIVATE KEY-----\n";
-        assert!(has_pem_block(key, "PRIVATE KEY"));
-        assert!(!has_pem_block(key, "CERTIFICATE"));
-        assert!(!has_pem_block(b"BEGIN CERTIFICATE", "CERTIFICATE"));
+    fn pem_contents_are_parsed() {
+        let key = b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n";
+        assert!(PrivateKeyDer::from_pem_slice(key).is_ok());
+        assert!(!holds_certificates(key));
+        assert!(!holds_certificates(b"BEGIN CERTIFICATE"));
+        let cert = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(holds_certificates(cert));
+        assert!(PrivateKeyDer::from_pem_slice(cert).is_err());
+        let broken = b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n";
+        assert!(!holds_certificates(broken), "a block that does not decode");
     }
 }

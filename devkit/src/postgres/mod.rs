@@ -331,7 +331,201 @@ fn percent_encode_segment(segment: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+
     use super::*;
+    use crate::fixture::{self, CRM_SCHEMA, DEMO_USER_ID, DEMO_WORKSPACE_ID};
+    use crate::postgres::takeover::is_alive;
+    use crate::testing::{blocking, count, start};
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn starts_seeds_and_keeps_its_data_across_restarts() {
+        // A folder only its owner may enter, like `mktemp -d` makes (tempfile 3.27 makes
+        // 0777 & !umask): as root this exercises the relocation under the temp folder.
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let dir = fs::canonicalize(tmp.path()).unwrap();
+        let mut cluster = start(&dir).await;
+        let data_dir = cluster.data_dir().to_owned();
+        if is_root() {
+            assert!(
+                !data_dir.starts_with(&dir),
+                "{} should be relocated",
+                data_dir.display()
+            );
+            let location = fs::read(dir.join(LOCATION_FILE)).unwrap();
+            assert!(location.starts_with(data_dir.as_os_str().as_bytes()));
+            let owner = Owner::lookup(OS_USER).unwrap().unwrap();
+            assert_eq!(fs::metadata(&data_dir).unwrap().uid(), owner.uid);
+        } else {
+            assert_eq!(data_dir, dir.join("pgdata"));
+        }
+        assert!(
+            cluster
+                .url("postgres")
+                .starts_with("postgres://postgres@127.0.0.1:")
+        );
+
+        let mut conn = AsyncPgConnection::establish(&cluster.url("postgres"))
+            .await
+            .unwrap();
+        conn.batch_execute(CRM_SCHEMA).await.unwrap();
+        conn.batch_execute(CRM_SCHEMA).await.unwrap(); // idempotent
+
+        let demo = fixture::seed_demo(&mut conn, 1_000).await.unwrap();
+        assert_eq!(
+            (demo.workspace_id, demo.user_id, demo.seeded),
+            (DEMO_WORKSPACE_ID, DEMO_USER_ID, true)
+        );
+        assert_eq!(
+            count(
+                &mut conn,
+                "SELECT count(*) AS n FROM workspaces WHERE notifications_enabled"
+            )
+            .await,
+            1
+        );
+        assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM users").await, 2);
+        assert_eq!(
+            count(
+                &mut conn,
+                "SELECT count(*) AS n FROM users WHERE email IS NULL"
+            )
+            .await,
+            1
+        );
+        assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM tags").await, 10);
+        assert_eq!(
+            count(&mut conn, "SELECT count(*) AS n FROM contacts").await,
+            1_000
+        );
+        assert_eq!(
+            count(&mut conn, "SELECT count(DISTINCT email) AS n FROM contacts").await,
+            1_000
+        );
+        let with_custom = count(
+            &mut conn,
+            "SELECT count(*) AS n FROM contacts WHERE custom_fields <> '{}'",
+        )
+        .await;
+        assert!(
+            (200..=400).contains(&with_custom),
+            "{with_custom} contacts with custom fields"
+        );
+        let keys = count(
+            &mut conn,
+            "SELECT count(DISTINCT k) AS n FROM contacts, jsonb_object_keys(custom_fields) k",
+        )
+        .await;
+        assert_eq!(keys, 20);
+        let max_keys = count(
+            &mut conn,
+            "SELECT max((SELECT count(*) FROM jsonb_object_keys(custom_fields))) AS n FROM contacts",
+        )
+        .await;
+        assert_eq!(max_keys, 5);
+        let unsubscribed = count(
+            &mut conn,
+            "SELECT count(*) AS n FROM contacts WHERE is_unsubscribed",
+        )
+        .await;
+        assert!(
+            (50..=150).contains(&unsubscribed),
+            "{unsubscribed} unsubscribed"
+        );
+        for (what, sql) in [
+            (
+                "NULL phones",
+                "SELECT count(*) AS n FROM contacts WHERE phone IS NULL",
+            ),
+            (
+                "NULL companies",
+                "SELECT count(*) AS n FROM contacts WHERE company IS NULL",
+            ),
+            (
+                "notes with a newline",
+                "SELECT count(*) AS n FROM contacts WHERE notes LIKE E'%\\n%'",
+            ),
+            (
+                "notes with a quote",
+                "SELECT count(*) AS n FROM contacts WHERE notes LIKE '%\"%'",
+            ),
+            (
+                "formula-like notes",
+                "SELECT count(*) AS n FROM contacts WHERE notes IN ('=SUM(A1)', '@cmd', '-5')",
+            ),
+            (
+                "non-ASCII names",
+                "SELECT count(*) AS n FROM contacts WHERE first_name = 'Zoë' OR last_name = 'Ølsen'",
+            ),
+            (
+                "nested custom fields",
+                "SELECT count(*) AS n FROM contacts WHERE jsonb_typeof(custom_fields->'address') = 'object'",
+            ),
+            (
+                "JSON nulls",
+                "SELECT count(*) AS n FROM contacts WHERE custom_fields->'referrer' = 'null'::jsonb",
+            ),
+            (
+                "sub-second timestamps",
+                "SELECT count(*) AS n FROM contacts WHERE extract(microseconds FROM created_at)::bigint % 1000000 <> 0",
+            ),
+        ] {
+            assert!(count(&mut conn, sql).await > 0, "no {what}");
+        }
+        let span_days = count(
+            &mut conn,
+            "SELECT extract(day FROM max(created_at) - min(created_at))::bigint AS n FROM contacts",
+        )
+        .await;
+        assert!(span_days > 300, "created_at spans {span_days} days");
+        let tagged = count(&mut conn, "SELECT count(*) AS n FROM contact_tags").await;
+        assert!((1_000..=2_000).contains(&tagged), "{tagged} contact_tags");
+        let most_tags =
+            count(&mut conn, "SELECT max(n) AS n FROM (SELECT count(*) AS n FROM contact_tags GROUP BY contact_id) t").await;
+        assert_eq!(most_tags, 3);
+
+        // A second seed touches nothing, whatever the count says.
+        let again = fixture::seed_demo(&mut conn, 5_000).await.unwrap();
+        assert!(!again.seeded);
+        assert_eq!(
+            count(&mut conn, "SELECT count(*) AS n FROM contacts").await,
+            1_000
+        );
+        assert_eq!(
+            count(&mut conn, "SELECT count(*) AS n FROM contact_tags").await,
+            tagged
+        );
+        drop(conn);
+
+        let pid = cluster.pid() as i32;
+        let mut cluster = blocking(move || {
+            cluster.stop().unwrap();
+            cluster.stop().unwrap(); // idempotent
+            cluster
+        })
+        .await;
+        assert!(!is_alive(pid), "the postmaster still runs after stop");
+        assert!(!data_dir.join("postmaster.pid").exists());
+        drop(cluster.stop()); // and still after that
+
+        // The same folder finds the same cluster and data.
+        let restarted = start(&dir).await;
+        assert_eq!(restarted.data_dir(), data_dir);
+        let mut conn = AsyncPgConnection::establish(&restarted.url("postgres"))
+            .await
+            .unwrap();
+        assert_eq!(
+            count(&mut conn, "SELECT count(*) AS n FROM contacts").await,
+            1_000
+        );
+        drop(conn);
+        blocking(move || restarted.destroy().unwrap()).await;
+        assert!(!data_dir.exists());
+    }
 
     #[test]
     fn url_encodes_the_database_name() {

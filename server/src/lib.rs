@@ -22,7 +22,6 @@
 //! - [`metrics`]: this replica's Prometheus counters, recorded by the worker and the pipeline,
 //!   and the database's gauges, served at `/metrics` when asked for.
 //! - [`app`]: wires it all into an [`app::Application`] that binds, serves and stops.
-//! - [`pg`], [`dev`]: a throwaway PostgreSQL and the CRM fixture for `exportd dev` and tests.
 //! - [`tokens`]: `exportd token create | list | revoke`, over [`auth`]'s queries.
 //! - [`logging`]: the binaries' log output.
 
@@ -31,14 +30,12 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod db;
-pub mod dev;
 pub mod events;
 pub mod exports;
 pub mod ids;
 pub mod logging;
 pub mod mail;
 pub mod metrics;
-pub mod pg;
 pub mod pipeline;
 pub mod queue;
 pub mod storage;

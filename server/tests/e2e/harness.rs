@@ -6,11 +6,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use contact_export_client::{ClientTls, ExportClient};
+use contact_export_devkit::fixture::CRM_SCHEMA;
+use contact_export_devkit::postgres::Cluster;
 use contact_export_server::app::{Application, Settings};
 use contact_export_server::db;
-use contact_export_server::dev::fixture::CRM_SCHEMA;
 use contact_export_server::mail::Mailer;
-use contact_export_server::pg::cluster::Cluster;
 use contact_export_server::pipeline::{FaultHooks, RetryPolicy};
 use contact_export_server::tls::TlsSettings;
 use contact_export_server::worker::WorkerConfig;

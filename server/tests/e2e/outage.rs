@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use contact_export_client::{Export, ExportStatus};
-use contact_export_server::pg::cluster::{Cluster, StartOptions};
+use contact_export_devkit::postgres::{Cluster, StartOptions};
 use futures::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;

@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use contact_export_client::ExportStatus;
+use contact_export_devkit::postgres::{Cluster, StartOptions};
 use contact_export_server::app::{Application, Settings};
-use contact_export_server::pg::cluster::{Cluster, StartOptions};
 use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
 

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use contact_export_server::pg::cluster::Cluster;
+use contact_export_devkit::postgres::Cluster;
 
 use crate::measure::{CopyRun, ExportRun};
 use crate::report::{Fmt, Table};

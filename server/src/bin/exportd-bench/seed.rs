@@ -17,9 +17,9 @@ use diesel::sql_types::{Array, BigInt, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use uuid::Uuid;
 
+use contact_export_devkit::fixture;
 use contact_export_server::auth::{self, Principal};
 use contact_export_server::db;
-use contact_export_server::dev::{self, fixture};
 
 /// The second workspace and its user and tags: fixed, so that a kept folder is recognised.
 const SECOND_WORKSPACE_ID: Uuid = Uuid::from_u128(0xbe7c_0000_0000_4000_8000_0000_0000_0001);
@@ -62,7 +62,9 @@ pub struct Dataset {
 pub async fn prepare(admin_url: &str, url: &str, contacts: u64) -> anyhow::Result<Dataset> {
     let second_contacts = (contacts / 10).max(1);
     let database = url.rsplit('/').next().unwrap_or_default();
-    dev::create_database(admin_url, database).await?;
+    let mut admin = db::connect(admin_url).await?;
+    fixture::create_database(&mut admin, database).await?;
+    drop(admin);
     let mut conn = db::connect(url).await?;
     conn.batch_execute(fixture::CRM_SCHEMA).await?;
     db::migrate(url).await?;

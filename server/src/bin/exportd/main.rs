@@ -1,14 +1,17 @@
 //! `exportd`: run the Contact Export service (`serve`), migrate its tables (`migrate`), manage
 //! API tokens (`token`), or run everything locally on an embedded PostgreSQL (`dev`).
 
+mod dev;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use contact_export_server::app::Application;
 use contact_export_server::config::ServeArgs;
 use contact_export_server::db;
-use contact_export_server::dev::{self, DevArgs};
 use contact_export_server::logging::LogFormat;
 use contact_export_server::tokens::{self, TokenCommand};
+
+use crate::dev::DevArgs;
 
 #[derive(Parser)]
 #[command(

@@ -2,21 +2,19 @@
 //! folder with the CRM fixture schema and a seeded demo workspace, files and mail in that
 //! folder too, and one `ready …` line on stdout once it takes calls.
 
-pub mod fixture;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-
-use crate::app::{Application, Settings};
-use crate::auth::{self, Principal};
-use crate::config::{JobArgs, storage_operator};
-use crate::db;
-use crate::mail::Mailer;
-use crate::pg::cluster::Cluster;
-use crate::pipeline::RetryPolicy;
-use crate::tls::{TlsArgs, TlsSettings};
+use contact_export_devkit::fixture;
+use contact_export_devkit::postgres::Cluster;
+use contact_export_server::app::{Application, Settings};
+use contact_export_server::auth::{self, Principal};
+use contact_export_server::config::{JobArgs, storage_operator};
+use contact_export_server::db;
+use contact_export_server::mail::Mailer;
+use contact_export_server::pipeline::RetryPolicy;
+use contact_export_server::tls::{TlsArgs, TlsSettings};
+use diesel_async::SimpleAsyncConnection;
 
 /// The database `dev` creates in its cluster.
 pub const DEV_DATABASE: &str = "exportd";
@@ -69,7 +67,9 @@ async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let database_url = cluster.url(DEV_DATABASE);
-    create_database(&cluster.url("postgres"), DEV_DATABASE).await?;
+    let mut admin = db::connect(&cluster.url("postgres")).await?;
+    fixture::create_database(&mut admin, DEV_DATABASE).await?;
+    drop(admin);
     let mut conn = db::connect(&database_url).await?;
     conn.batch_execute(fixture::CRM_SCHEMA).await?;
     db::migrate(&database_url).await?;
@@ -124,29 +124,5 @@ async fn serve(
     use std::io::Write as _;
     std::io::stdout().flush()?;
     app.run_until_stopped(shutdown).await?;
-    Ok(())
-}
-
-/// `CREATE DATABASE` unless it exists (it has no `IF NOT EXISTS`).
-pub async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    #[derive(diesel::QueryableByName)]
-    struct Exists {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        exists: bool,
-    }
-    let mut admin: AsyncPgConnection = db::connect(admin_url).await?;
-    let Exists { exists } =
-        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
-            .bind::<diesel::sql_types::Text, _>(name)
-            .get_result(&mut admin)
-            .await?;
-    if !exists {
-        admin
-            .batch_execute(&format!(
-                "CREATE DATABASE \"{}\"",
-                name.replace('"', "\"\"")
-            ))
-            .await?;
-    }
     Ok(())
 }

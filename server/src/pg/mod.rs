@@ -1,3 +1,0 @@
-//! A throwaway PostgreSQL for `exportd dev` and the tests.
-
-pub mod cluster;

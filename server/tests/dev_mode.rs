@@ -269,7 +269,12 @@ async fn dev_serves_tls_with_the_certificate_it_is_given() {
 fn serve_and_dev_refuse_half_a_tls_configuration() {
     let root = tempfile::tempdir().unwrap();
     let cert = root.path().join("server.pem");
-    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    // A whole PEM block (its body need not be a real certificate: the key is what is missing).
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let missing = root.path().join("missing.key");
     for (command, extra) in [
         ("serve", ["--database-url", "postgres://127.0.0.1:1/none"]),

@@ -103,21 +103,86 @@ impl std::fmt::Debug for ServeArgs {
     }
 }
 
-/// A URL without its password or query (which may hold keys), for logs.
-pub fn redact_url(url: &str) -> String {
-    let without_query = url.split('?').next().unwrap_or(url);
-    match (without_query.find("://"), without_query.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &without_query[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!(
-                "{}{user}:***{}",
-                &without_query[..scheme_end + 3],
-                &without_query[at..]
-            )
+/// A connection string without its secrets, for logs: the password of a URI's user info,
+/// the values of query parameters that may hold keys (`password`, `secret_access_key`,
+/// `token`…), and the same in a libpq `key=value` string (`host=db password='s e c'`).
+pub fn redact_url(text: &str) -> String {
+    if text.contains("://")
+        && let Ok(mut url) = url::Url::parse(text)
+    {
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
         }
-        _ => without_query.to_owned(),
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(key, value)| {
+                    let value = if is_secret(&key) {
+                        "***".to_owned()
+                    } else {
+                        value.into_owned()
+                    };
+                    (key.into_owned(), value)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        return url.to_string();
     }
+    let mut out = Vec::new();
+    for (key, value) in libpq_pairs(text) {
+        match key {
+            Some(key) if is_secret(key) => out.push(format!("{key}=***")),
+            Some(key) => out.push(format!("{key}={value}")),
+            None => out.push(value.to_owned()),
+        }
+    }
+    out.join(" ")
+}
+
+/// Whether a parameter's name says that its value is a secret.
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "key", "token", "credential"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// The `key=value` pairs of a libpq connection string (values may be single-quoted, with
+/// spaces); a piece without `=` comes as `(None, piece)`.
+fn libpq_pairs(text: &str) -> Vec<(Option<&str>, &str)> {
+    let mut pairs = Vec::new();
+    let mut rest = text.trim_start();
+    while !rest.is_empty() {
+        let key_end = rest
+            .find(|c: char| c == '=' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let key = &rest[..key_end];
+        let Some(after) = rest[key_end..].trim_start().strip_prefix('=') else {
+            pairs.push((None, key));
+            rest = rest[key_end..].trim_start();
+            continue;
+        };
+        let after = after.trim_start();
+        let end = if let Some(quoted) = after.strip_prefix('\'') {
+            // Up to the closing quote that is not escaped.
+            let mut escaped = false;
+            let close = quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let close = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    close
+                })
+                .map_or(quoted.len(), |(i, _)| i + 1);
+            (close + 1).min(after.len())
+        } else {
+            after.find(char::is_whitespace).unwrap_or(after.len())
+        };
+        pairs.push((Some(key), &after[..end]));
+        rest = after[end..].trim_start();
+    }
+    pairs
 }
 
 /// Errors in the configuration, each naming the flag.
@@ -194,12 +259,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redacts_passwords_and_queries() {
+    fn redacts_passwords_and_keys_of_uris() {
         assert_eq!(
             redact_url("postgres://u:secret@h:5/db"),
             "postgres://u:***@h:5/db"
         );
-        assert_eq!(redact_url("s3://b/p?secret_access_key=x"), "s3://b/p");
+        assert_eq!(
+            redact_url("s3://b/p?region=eu&secret_access_key=x&endpoint=http://e"),
+            "s3://b/p?region=eu&secret_access_key=***&endpoint=http%3A%2F%2Fe"
+        );
+        assert_eq!(
+            redact_url("postgres://h/db?password=pw&sslmode=require"),
+            "postgres://h/db?password=***&sslmode=require"
+        );
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact_url("fs://./exports"), "fs://./exports");
+    }
+
+    #[test]
+    fn the_start_up_log_shows_no_database_password() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        for url in [
+            "postgres://exportd:hunter2@db/crm",
+            "host=db user=exportd password=hunter2 dbname=crm",
+        ] {
+            let cli =
+                <Cli as clap::Parser>::try_parse_from(["exportd", "--database-url", url]).unwrap();
+            let logged = format!("{:?}", cli.serve);
+            assert!(!logged.contains("hunter2"), "{logged}");
+            assert!(
+                logged.contains("exportd"),
+                "the rest stays readable: {logged}"
+            );
+        }
+    }
+
+    #[test]
+    fn redacts_passwords_of_libpq_key_value_strings() {
+        assert_eq!(
+            redact_url("host=db port=5432 user=u password=secret dbname=crm"),
+            "host=db port=5432 user=u password=*** dbname=crm"
+        );
+        let quoted = redact_url("host=db password='s e \\'c' dbname = crm");
+        assert_eq!(quoted, "host=db password=*** dbname=crm");
     }
 }

@@ -714,3 +714,59 @@ async fn an_export_into_a_full_disk_fails_saying_so_and_leaves_room_for_the_next
     let file = download_all(&app.ws.client, &small.id).await;
     assert_eq!(file.len() as i64, small.size_bytes);
 }
+
+/// An export made by an API-only replica, corrupted by `sql` (with `$1` its id), then run by
+/// a worker: how it ends.
+async fn run_corrupted(sql: &str) -> Export {
+    let api = TestApp::spawn_with(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await;
+    api.ws
+        .insert(&api.db, &contacts_with_custom_fields(3))
+        .await;
+    let created = api.ws.client.create(all_contacts()).await.unwrap();
+    diesel::sql_query(sql)
+        .bind::<diesel::sql_types::Uuid, _>(id_of(&created))
+        .execute(&mut api.db.conn().await)
+        .await
+        .expect("corrupting the export");
+    let token = api.ws.token.clone();
+    let db = api.stop().await;
+    let worker = TestApp::spawn_on(db, AppOptions::default()).await;
+    let client = worker.client_with_token(&token).await;
+    within("the export to end", client.wait(&created.id))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_options_that_do_not_read_fail_the_export_saying_so() {
+    let done =
+        run_corrupted("UPDATE exports SET options = '{\"delimiter\": \"colon\"}' WHERE id = $1")
+            .await;
+    assert_eq!(done.status(), ExportStatus::Failed, "{done:?}");
+    assert_eq!(
+        done.error_message,
+        "the export's stored options cannot be read"
+    );
+    assert_eq!(
+        done.csv_options, None,
+        "never shown as defaults nobody asked for"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_record_that_does_not_read_fails_the_export_instead_of_running_again() {
+    let done = run_corrupted(
+        "INSERT INTO export_steps (export_id, step, status, attempts, output) \
+         VALUES ($1, 'resolve-tag-filter', 'succeeded', 1, '{\"tag_ids\": \"none\"}')",
+    )
+    .await;
+    assert_eq!(done.status(), ExportStatus::Failed, "{done:?}");
+    assert_eq!(
+        done.error_message,
+        "the record of step resolve-tag-filter cannot be read"
+    );
+}

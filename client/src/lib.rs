@@ -116,8 +116,8 @@ use std::time::Duration;
 
 use contact_export::v1::export_service_client::ExportServiceClient;
 use contact_export::v1::{
-    CancelExportRequest, DownloadExportRequest, GetExportRequest, ListExportsRequest,
-    WatchExportRequest,
+    CancelExportRequest, DeleteExportRequest, DownloadExportRequest,
+    GetExportDownloadUrlRequest, GetExportRequest, ListExportsRequest, WatchExportRequest,
 };
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncWrite;
@@ -127,8 +127,8 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use auth::BearerAuth;
 pub use contact_export::v1::{
-    CreateExportRequest, CsvDelimiter, CsvOptions, Export, ExportFileMetadata, ExportStatus,
-    LineEnding, ListExportsResponse,
+    CreateExportRequest, CsvDelimiter, CsvOptions, Export, ExportDownloadUrl, ExportFileMetadata,
+    ExportStatus, LineEnding, ListExportsResponse,
 };
 pub use download::Download;
 pub use error::{ClientError, code_name};
@@ -269,6 +269,36 @@ impl ExportClient {
     pub async fn cancel(&self, id: impl Into<String>) -> Result<Export, Status> {
         let request = CancelExportRequest { id: id.into() };
         Ok(self.raw().cancel_export(request).await?.into_inner())
+    }
+
+    /// `DeleteExport`: removes a finished export's file; the export then shows DELETED. The
+    /// call is idempotent; FAILED_PRECONDITION while the export is pending or processing.
+    pub async fn delete(&self, id: impl Into<String>) -> Result<Export, Status> {
+        let request = DeleteExportRequest { id: id.into() };
+        Ok(self.raw().delete_export(request).await?.into_inner())
+    }
+
+    /// `GetExportDownloadUrl`: a signed URL of the finished file that works for `expire_in`
+    /// (the server's default, 15 minutes, when `None`). FAILED_PRECONDITION when the server's
+    /// store cannot sign URLs: use [`ExportClient::download_file`] then.
+    pub async fn download_url(
+        &self,
+        id: impl Into<String>,
+        expire_in: Option<Duration>,
+    ) -> Result<ExportDownloadUrl, Status> {
+        let expire_in = expire_in
+            .map(prost_types::Duration::try_from)
+            .transpose()
+            .map_err(|_| Status::invalid_argument("expire_in: too long"))?;
+        let request = GetExportDownloadUrlRequest {
+            id: id.into(),
+            expire_in,
+        };
+        Ok(self
+            .raw()
+            .get_export_download_url(request)
+            .await?
+            .into_inner())
     }
 
     /// `WatchExport`: the current state first, then one item per change; the stream ends

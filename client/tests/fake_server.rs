@@ -12,8 +12,9 @@ use std::time::Duration;
 use contact_export::v1::download_export_response::Payload;
 use contact_export::v1::export_service_server::{ExportService, ExportServiceServer};
 use contact_export::v1::{
-    CancelExportRequest, DownloadExportRequest, DownloadExportResponse, GetExportRequest,
-    ListExportsRequest, WatchExportRequest,
+    CancelExportRequest, DeleteExportRequest, DownloadExportRequest, DownloadExportResponse,
+    ExportDownloadUrl, GetExportDownloadUrlRequest, GetExportRequest, ListExportsRequest,
+    WatchExportRequest,
 };
 use contact_export_client::{
     ClientError, CreateExportRequest, Export, ExportClient, ExportFileMetadata, ExportStatus,
@@ -226,6 +227,32 @@ impl ExportService for Fake {
         let mut export = lookup(&request.get_ref().id)?;
         export.status = ExportStatus::Cancelled.into();
         Ok(Response::new(export))
+    }
+
+    async fn delete_export(
+        &self,
+        request: Request<DeleteExportRequest>,
+    ) -> Result<Response<Export>, Status> {
+        check_auth(&request)?;
+        let mut export = lookup(&request.get_ref().id)?;
+        export.status = ExportStatus::Deleted.into();
+        Ok(Response::new(export))
+    }
+
+    async fn get_export_download_url(
+        &self,
+        request: Request<GetExportDownloadUrlRequest>,
+    ) -> Result<Response<ExportDownloadUrl>, Status> {
+        check_auth(&request)?;
+        let request = request.into_inner();
+        lookup(&request.id)?;
+        // Echoes the expiry asked for, so a test sees what the client sent.
+        let seconds = request.expire_in.map_or(900, |d| d.seconds);
+        Ok(Response::new(ExportDownloadUrl {
+            url: format!("https://store.example/{}?expires={seconds}", request.id),
+            expire_time: None,
+            file: None,
+        }))
     }
 }
 
@@ -715,6 +742,20 @@ async fn cli_download_killed_half_way_resumes_when_run_again() {
     assert_eq!(std::fs::read(&target).unwrap(), FILE);
     assert_eq!(offsets(&log, "stall"), [0, 0, 20]);
     assert_eq!(files_in(dir.path()), ["out.csv"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_delete_and_signed_url() {
+    let addr = start().await;
+    let (code, out, err) = exportctl(addr, &["delete", "done", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json["status"], "EXPORT_STATUS_DELETED");
+    let (code, out, err) = exportctl(addr, &["url", "done", "--expire-in", "2h"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "https://store.example/done?expires=7200");
+    let (code, _, err) = exportctl(addr, &["url", "nope"]).await;
+    assert_eq!((code, err.trim()), (2, "error: NOT_FOUND: export not found"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,8 +8,9 @@ use std::pin::Pin;
 
 use contact_export::v1::export_service_server::{ExportService, ExportServiceServer};
 use contact_export::v1::{
-    CancelExportRequest, DownloadExportRequest, DownloadExportResponse, GetExportRequest,
-    ListExportsRequest, WatchExportRequest,
+    CancelExportRequest, DeleteExportRequest, DownloadExportRequest, DownloadExportResponse,
+    ExportDownloadUrl, GetExportDownloadUrlRequest, GetExportRequest, ListExportsRequest,
+    WatchExportRequest,
 };
 use contact_export_client::{
     ClientTls, CreateExportRequest, Export, ExportClient, ExportStatus, ListExportsResponse,
@@ -86,6 +87,20 @@ impl ExportService for Fake {
         &self,
         _: Request<CancelExportRequest>,
     ) -> Result<Response<Export>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn delete_export(
+        &self,
+        _: Request<DeleteExportRequest>,
+    ) -> Result<Response<Export>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_export_download_url(
+        &self,
+        _: Request<GetExportDownloadUrlRequest>,
+    ) -> Result<Response<ExportDownloadUrl>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }

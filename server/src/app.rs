@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{ExportApi, ExportServiceServer};
 use crate::db::{self, DbError, PgPool, Target};
 use crate::events::{Events, Listener};
+use crate::janitor::{self, JanitorConfig};
 use crate::mail::Mailer;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{FaultHooks, PipelineContext, RetryPolicy};
@@ -42,6 +43,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Faults on purpose for tests of the real binary; none in production.
     pub hooks: FaultHooks,
+    /// Retention and clean-up.
+    pub janitor: JanitorConfig,
 }
 
 /// Requests larger than this are refused: the largest legitimate one (1,000 tag ids) is ~40 KiB.
@@ -181,6 +184,7 @@ impl Application {
             max_queued_exports,
             shutdown_timeout,
             hooks,
+            janitor,
             ..
         } = self.settings;
         // Before anything is spawned: an error here leaves nothing running.
@@ -210,8 +214,16 @@ impl Application {
             // replica may hold the job.
             db_patience: worker_config.lease,
             hooks,
+            retention: janitor.retention,
         };
         let workers = tokio::spawn(worker::run(context, worker_config, stop.clone()));
+        let janitor_task = tokio::spawn(janitor::run(
+            self.jobs_pool.clone(),
+            storage.clone(),
+            self.metrics.clone(),
+            janitor,
+            stop.clone(),
+        ));
         let metrics_task = self.metrics_listener.map(|(listener, addr)| {
             tracing::info!(%addr, "serving metrics at /metrics");
             tokio::spawn(metrics::http::serve(
@@ -228,6 +240,7 @@ impl Application {
             self.events.clone(),
             max_queued_exports,
             stop.clone(),
+            self.metrics.clone(),
         );
         let export_service =
             ExportServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -286,6 +299,7 @@ impl Application {
             workers_abort.abort();
         }
         let _ = tokio::time::timeout_at(deadline, listener_task).await;
+        let _ = tokio::time::timeout_at(deadline, janitor_task).await;
         let _ = health_task.await;
         if let Some(task) = metrics_task
             && let Ok(Ok(Err(e))) = tokio::time::timeout_at(deadline, task).await

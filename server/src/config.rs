@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::app::Settings;
+use crate::janitor::JanitorConfig;
 use crate::mail::Mailer;
 use crate::pipeline::{FaultHooks, RetryPolicy};
 use crate::tls::TlsArgs;
@@ -68,6 +69,18 @@ pub struct JobArgs {
     /// back at once; what still runs after this is abandoned. `30s`, `2m`…
     #[arg(long, env = "EXPORTD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// How long a COMPLETED export's file is kept; then it is removed and the export EXPIRED.
+    /// `7d`, `36h`…
+    #[arg(long, env = "EXPORTD_RETENTION", default_value = "7d", value_parser = positive_duration)]
+    pub retention: Duration,
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl JobArgs {
@@ -250,6 +263,7 @@ impl ServeArgs {
             max_queued_exports: self.jobs.max_queued_exports,
             shutdown_timeout: self.jobs.shutdown_timeout,
             hooks: self.jobs.hooks()?,
+            janitor: JanitorConfig::new(self.jobs.retention),
         })
     }
 }

@@ -14,6 +14,8 @@
 //!   raises the job's generation, and a write of an older claim fails.
 //! - [`worker`]: a bounded pool that claims jobs and runs them under a renewed lease, so a job
 //!   whose worker dies is taken up again elsewhere; a panicking job is retried.
+//! - [`janitor`]: retention (COMPLETED → EXPIRED), released idempotency keys and the sweep of
+//!   objects no export should have, on every replica.
 //! - [`events`]: one `LISTEN` connection per process; wakes idle workers and every watcher of an
 //!   export when its row changes, on any replica.
 //! - [`ids`]: the domain's ids, a type each ([`ids::WorkspaceId`], [`ids::ExportId`], …).
@@ -33,6 +35,7 @@ pub mod db;
 pub mod events;
 pub mod exports;
 pub mod ids;
+pub mod janitor;
 pub mod logging;
 pub mod mail;
 pub mod metrics;

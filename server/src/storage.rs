@@ -53,22 +53,32 @@ fn workspace_prefix(workspace_id: WorkspaceId) -> String {
     format!("exports/{workspace_id}/")
 }
 
-/// Deletes every object the claims `1..=generation` of an export may have written but
-/// `keep` (the file a COMPLETED export points at), and, on `fs`, the unfinished files of its
-/// attempts. Deleting what is not there is no error, so this can run again, or on several
-/// replicas at once. Returns how many keys it removed or found gone.
+/// Deletes every object the claims `1..=generation` of an export may have written, and the
+/// `recorded` key of its row, but `keep` (the file a COMPLETED export points at), and, on
+/// `fs`, the unfinished files of its attempts. What is gone already is no error, so this can
+/// run again, or on several replicas at once. Returns how many objects it removed.
 pub async fn sweep_strays(
     storage: &Operator,
     workspace_id: WorkspaceId,
     export_id: ExportId,
     generation: i64,
+    recorded: Option<&str>,
     keep: Option<&str>,
 ) -> Result<usize, opendal::Error> {
+    // The attempts' keys, and the key the row records (an export written before keys named
+    // their claim has only that one).
+    let mut keys: Vec<String> = (1..=generation)
+        .map(|g| attempt_key(workspace_id, export_id, g))
+        .collect();
+    if let Some(recorded) = recorded
+        && !keys.iter().any(|k| k == recorded)
+    {
+        keys.push(recorded.to_owned());
+    }
     let mut removed = 0;
-    for g in 1..=generation {
-        let key = attempt_key(workspace_id, export_id, g);
-        if Some(key.as_str()) != keep {
-            storage.delete(&key).await?;
+    for key in keys.iter().filter(|k| Some(k.as_str()) != keep) {
+        if storage.exists(key).await? {
+            storage.delete(key).await?;
             removed += 1;
         }
     }
@@ -121,7 +131,12 @@ mod tests {
             .await
             .unwrap();
         let keep = attempt_key(ws, id, 2);
-        assert_eq!(sweep_strays(&op, ws, id, 3, Some(&keep)).await.unwrap(), 2);
+        assert_eq!(
+            sweep_strays(&op, ws, id, 3, Some(&keep), Some(&keep))
+                .await
+                .unwrap(),
+            2
+        );
         let mut left: Vec<String> = op
             .list_with("")
             .recursive(true)
@@ -132,12 +147,22 @@ mod tests {
             .map(|e| e.path().to_owned())
             .collect();
         left.sort();
-        let mut expected = vec![keep, attempt_key(ws, other, 1)];
+        let mut expected = vec![keep.clone(), attempt_key(ws, other, 1)];
         expected.sort();
         assert_eq!(left, expected);
         // Again, with nothing left to remove: no error.
-        sweep_strays(&op, ws, id, 3, Some(&expected[0]))
-            .await
-            .unwrap();
+        assert_eq!(
+            sweep_strays(&op, ws, id, 3, None, Some(&keep)).await.unwrap(),
+            0
+        );
+        // An expired export: its file goes too, and a key of the old layout.
+        op.write("exports/old.csv", "old").await.unwrap();
+        assert_eq!(
+            sweep_strays(&op, ws, id, 3, Some("exports/old.csv"), None)
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(!op.exists(&keep).await.unwrap());
     }
 }

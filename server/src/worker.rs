@@ -17,7 +17,6 @@ use tracing::Instrument as _;
 use crate::pipeline::runner::{self, RunEnd};
 use crate::pipeline::{Interrupts, PipelineContext};
 use crate::queue::{self, Claim, ClaimPolicy, JobError, JobWriter};
-use crate::storage;
 
 /// How often an idle pool looks for expired leases, at most: a lease that runs out announces
 /// nothing, so a dead worker's job waits up to this long after its lease (see
@@ -35,8 +34,6 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// Jobs of one workspace running at once across all replicas.
     pub max_running_per_workspace: u32,
-    /// How often the pool looks for finished jobs whose stray objects are still there.
-    pub sweep_interval: Duration,
 }
 
 impl WorkerConfig {
@@ -56,7 +53,6 @@ impl WorkerConfig {
             lease: Duration::from_secs(30),
             poll_interval: POLL_INTERVAL,
             max_running_per_workspace: 2,
-            sweep_interval: Duration::from_secs(60),
         }
     }
 }
@@ -74,11 +70,6 @@ pub async fn run(ctx: PipelineContext, config: WorkerConfig, shutdown: Cancellat
         can_mail: ctx.mailer.is_some(),
         max_running_per_workspace: config.max_running_per_workspace,
     };
-    let sweeper = tokio::spawn(sweep_periodically(
-        ctx.clone(),
-        config.sweep_interval,
-        shutdown.clone(),
-    ));
     let slots = Arc::new(Semaphore::new(config.workers));
     let mut running = JoinSet::new();
     loop {
@@ -110,7 +101,6 @@ pub async fn run(ctx: PipelineContext, config: WorkerConfig, shutdown: Cancellat
         while running.try_join_next().is_some() {}
     }
     while running.join_next().await.is_some() {}
-    let _ = sweeper.await;
 }
 
 async fn claim(ctx: &PipelineContext, policy: &ClaimPolicy) -> Result<Option<Claim>, String> {
@@ -209,45 +199,4 @@ async fn heartbeat(job: JobWriter, lease: Duration, lost: CancellationToken) {
             Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
         }
     }
-}
-
-/// Every `interval`, removes the stray objects of finished jobs that their run could not
-/// sweep (it died, or storage failed then).
-async fn sweep_periodically(
-    ctx: Arc<PipelineContext>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        if let Err(e) = sweep_once(&ctx).await {
-            tracing::warn!(error = %e, "sweeping stray objects failed");
-        }
-    }
-}
-
-/// One round of the sweep: up to 100 finished exports.
-pub async fn sweep_once(ctx: &PipelineContext) -> Result<usize, String> {
-    let mut conn = ctx.pool.get().await.map_err(|e| e.to_string())?;
-    let unswept = queue::sweep::unswept(&mut conn, 100)
-        .await
-        .map_err(|e| e.to_string())?;
-    for export in &unswept {
-        storage::sweep_strays(
-            &ctx.storage,
-            export.workspace_id,
-            export.id,
-            export.generation,
-            export.storage_key.as_deref(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        queue::sweep::swept(&mut conn, export.id)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(unswept.len())
 }

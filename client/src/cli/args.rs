@@ -82,6 +82,20 @@ pub enum Command {
         /// Export id.
         id: String,
     },
+    /// Delete a finished export: its file is removed, the export shows DELETED.
+    Delete {
+        /// Export id.
+        id: String,
+    },
+    /// Print a signed URL that serves the file straight from the object store (for stores
+    /// that can sign one).
+    Url {
+        /// Export id.
+        id: String,
+        /// How long the URL works (`15m`, `2h`; at most 24 h).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        expire_in: Option<std::time::Duration>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +127,9 @@ pub struct CreateArgs {
     /// Then, once it COMPLETED, download it like `download -o FILE` (implies --watch).
     #[arg(long, value_name = "FILE")]
     pub download: Option<PathBuf>,
+    /// POST a signed event to this URL when the export ends (the server must allow it).
+    #[arg(long, value_name = "URL")]
+    pub notify_url: Option<String>,
 }
 
 /// `--delimiter` values.

@@ -49,6 +49,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_export(&client.cancel(id).await?, json);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Delete { id } => {
+            print_export(&client.delete(id).await?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Url { id, expire_in } => {
+            let url = client.download_url(id, expire_in).await?;
+            if json {
+                println!("{}", super::output::url_json(&url));
+            } else {
+                println!("{}", url.url);
+                if let Some(at) = url.expire_time {
+                    eprintln!("valid until {at}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -85,6 +101,7 @@ async fn create(client: &ExportClient, args: CreateArgs, json: bool) -> anyhow::
         filename: args.filename.unwrap_or_default(),
         request_id: args.request_id.unwrap_or_default(),
         csv_options,
+        notify_url: args.notify_url.unwrap_or_default(),
     };
     let export = client.create(request).await?;
     if !args.watch && args.download.is_none() {

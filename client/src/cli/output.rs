@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use contact_export_client::{
-    CsvDelimiter, Export, ExportFileMetadata, ExportStatus, LineEnding, Saved, is_terminal,
+    CsvDelimiter, Export, ExportDownloadUrl, ExportFileMetadata, ExportStatus, LineEnding, Saved,
+    is_terminal,
 };
 use prost_types::Timestamp;
 use serde_json::{Value, json};
@@ -32,6 +33,9 @@ pub fn export_json(export: &Export) -> Value {
         "sha256": export.sha256,
         "request_id": export.request_id,
         "cancel_requested": export.cancel_requested,
+        "notify_url": export.notify_url,
+        "expire_time": time(&export.expire_time),
+        "delete_time": time(&export.delete_time),
         "disable_formula_neutralization": export
             .csv_options
             .is_some_and(|o| o.disable_formula_neutralization),
@@ -73,6 +77,18 @@ pub fn download_json(
     })
 }
 
+/// A signed URL as JSON: the URL, until when, and the file it serves.
+pub fn url_json(url: &ExportDownloadUrl) -> Value {
+    let file = url.file.clone().unwrap_or_default();
+    json!({
+        "url": url.url,
+        "expire_time": url.expire_time.as_ref().map(ToString::to_string),
+        "filename": file.filename,
+        "size_bytes": file.size_bytes,
+        "sha256": file.sha256,
+    })
+}
+
 /// Prints one export: a JSON line, or `key  value` lines (empty fields left out).
 pub fn print_export(export: &Export, json: bool) {
     if json {
@@ -100,6 +116,9 @@ pub fn print_export(export: &Export, json: bool) {
         ("created", time(&export.create_time)),
         ("started", time(&export.start_time)),
         ("finished", time(&export.finish_time)),
+        ("expires", time(&export.expire_time)),
+        ("deleted", time(&export.delete_time)),
+        ("webhook", export.notify_url.clone()),
         ("error", export.error_message.clone()),
         (
             "cancel",

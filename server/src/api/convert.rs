@@ -78,6 +78,7 @@ fn status_to_proto(status: ExportStatus) -> pb::ExportStatus {
         ExportStatus::Failed => pb::ExportStatus::Failed,
         ExportStatus::Cancelled => pb::ExportStatus::Cancelled,
         ExportStatus::Expired => pb::ExportStatus::Expired,
+        ExportStatus::Deleted => pb::ExportStatus::Deleted,
     }
 }
 
@@ -117,6 +118,9 @@ pub fn export_to_proto(r: &ExportRecord) -> pb::Export {
         request_id: r.request_id.clone().unwrap_or_default(),
         csv_options: options,
         cancel_requested: r.cancel_requested,
+        expire_time: r.expires_at.map(timestamp),
+        delete_time: r.deleted_at.map(timestamp),
+        notify_url: r.notify_url.clone().unwrap_or_default(),
     }
 }
 

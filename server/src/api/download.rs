@@ -5,7 +5,6 @@ use bytes::Bytes;
 use contact_export::v1::download_export_response::Payload;
 use contact_export::v1::{DownloadExportResponse, ExportFileMetadata};
 use futures::StreamExt;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -13,7 +12,8 @@ use tonic::{Response, Status};
 
 use super::{ExportApi, ResponseStream, status};
 use crate::auth::Principal;
-use crate::exports::{ExportStatus, repo};
+use crate::exports::filename::content_disposition;
+use crate::exports::{ExportRecord, ExportStatus, repo};
 use crate::storage::CSV_CONTENT_TYPE;
 
 /// Largest data message: well under tonic's 4 MiB default limit, large enough to stream fast.
@@ -61,14 +61,7 @@ impl ExportApi {
         range: Range,
     ) -> Result<Response<ResponseStream<DownloadExportResponse>>, Status> {
         let record = repo::get(&mut *self.conn().await?, principal.workspace_id, id).await?;
-        let (Some(key), Some(size), Some(sha256)) =
-            (&record.storage_key, record.size_bytes, &record.sha256)
-        else {
-            return Err(unfinished(record.status));
-        };
-        if record.status != ExportStatus::Completed {
-            return Err(unfinished(record.status));
-        }
+        let (key, size, sha256) = completed_file(&record)?;
         let size = size as u64;
         let span = range.within(size)?;
         // A missing object only errors once read; look first, for a clean status. An object
@@ -100,14 +93,14 @@ impl ExportApi {
         let metadata = ExportFileMetadata {
             filename: record.filename.clone(),
             size_bytes: size as i64,
-            sha256: sha256.clone(),
+            sha256: sha256.to_owned(),
             content_type: CSV_CONTENT_TYPE.to_owned(),
         };
 
         let (tx, rx) = mpsc::channel::<Result<DownloadExportResponse, Status>>(2);
         let storage = self.storage.clone();
         let shutdown = self.shutdown.clone();
-        let key = key.clone();
+        let key = key.to_owned();
         tokio::spawn(async move {
             let first = DownloadExportResponse {
                 payload: Some(Payload::Metadata(metadata)),
@@ -165,11 +158,33 @@ impl ExportApi {
     }
 }
 
-fn unfinished(status: ExportStatus) -> Status {
-    Status::failed_precondition(format!(
-        "export is {}; only a completed export can be downloaded",
-        status.as_str().to_uppercase()
-    ))
+/// The object, size and SHA-256 of a COMPLETED export; FAILED_PRECONDITION, saying why, for
+/// any other.
+pub(super) fn completed_file(record: &ExportRecord) -> Result<(&str, i64, &str), Status> {
+    let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default()
+    };
+    match (
+        record.status,
+        &record.storage_key,
+        record.size_bytes,
+        &record.sha256,
+    ) {
+        (ExportStatus::Completed, Some(key), Some(size), Some(sha256)) => Ok((key, size, sha256)),
+        (ExportStatus::Expired, ..) => Err(Status::failed_precondition(format!(
+            "export expired at {}: its file was removed by retention",
+            when(record.expires_at)
+        ))),
+        (ExportStatus::Deleted, ..) => Err(Status::failed_precondition(format!(
+            "export was deleted at {}: its file is gone",
+            when(record.deleted_at)
+        ))),
+        (status, ..) => Err(Status::failed_precondition(format!(
+            "export is {}; only a completed export can be downloaded",
+            status.as_str().to_uppercase()
+        ))),
+    }
 }
 
 /// Splits a storage read into messages of at most [`MAX_CHUNK`] bytes (without copying).
@@ -179,47 +194,9 @@ fn split(mut bytes: Bytes) -> impl Iterator<Item = Bytes> {
     })
 }
 
-/// RFC 6266 / RFC 5987 `attr-char`: what may stay unescaped in `filename*`.
-const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'!')
-    .remove(b'#')
-    .remove(b'$')
-    .remove(b'&')
-    .remove(b'+')
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'^')
-    .remove(b'_')
-    .remove(b'`')
-    .remove(b'|')
-    .remove(b'~');
-
-/// `attachment; filename="<ASCII fallback>"; filename*=UTF-8''<percent-encoded>`.
-pub fn content_disposition(filename: &str) -> String {
-    let fallback: String = filename
-        .chars()
-        .map(|c| match c {
-            ' '..='~' if c != '"' && c != '\\' => c,
-            _ => '_',
-        })
-        .collect();
-    format!(
-        "attachment; filename=\"{fallback}\"; filename*=UTF-8''{}",
-        utf8_percent_encode(filename, ATTR_CHAR)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_disposition_has_ascii_fallback_and_utf8_name() {
-        assert_eq!(
-            content_disposition("Zoë \"q\".csv"),
-            "attachment; filename=\"Zo_ _q_.csv\"; filename*=UTF-8''Zo%C3%AB%20%22q%22.csv"
-        );
-    }
 
     #[test]
     fn range_rules() {

@@ -6,6 +6,7 @@
 mod auth;
 mod convert;
 mod download;
+mod download_url;
 mod shared_read;
 mod status;
 mod watch;
@@ -14,8 +15,9 @@ use std::pin::Pin;
 
 use contact_export::v1::export_service_server::ExportService;
 use contact_export::v1::{
-    CancelExportRequest, CreateExportRequest, DownloadExportRequest, DownloadExportResponse,
-    Export, GetExportRequest, ListExportsRequest, ListExportsResponse, WatchExportRequest,
+    CancelExportRequest, CreateExportRequest, DeleteExportRequest, DownloadExportRequest,
+    DownloadExportResponse, Export, ExportDownloadUrl, GetExportDownloadUrlRequest,
+    GetExportRequest, ListExportsRequest, ListExportsResponse, WatchExportRequest,
 };
 use futures::Stream;
 use opendal::Operator;
@@ -25,6 +27,8 @@ use tonic::{Request, Response, Status};
 use crate::db::{DbError, PgPool, PooledConn};
 use crate::events::Events;
 use crate::exports::{ExportRecord, NewExport, repo};
+use crate::janitor;
+use crate::metrics::Metrics;
 use shared_read::SharedReads;
 
 pub use contact_export::v1::export_service_server::ExportServiceServer;
@@ -43,6 +47,8 @@ pub struct ExportApi {
     shutdown: CancellationToken,
     /// One read per change for all the watchers of an export.
     shared_reads: SharedReads<ExportRecord>,
+    /// Objects removed by DeleteExport count in this replica's metrics.
+    metrics: Metrics,
 }
 
 impl ExportApi {
@@ -52,6 +58,7 @@ impl ExportApi {
         events: Events,
         max_queued_exports: u32,
         shutdown: CancellationToken,
+        metrics: Metrics,
     ) -> Self {
         ExportApi {
             pool,
@@ -60,6 +67,7 @@ impl ExportApi {
             max_queued_exports,
             shutdown,
             shared_reads: SharedReads::default(),
+            metrics,
         }
     }
 
@@ -161,5 +169,27 @@ impl ExportService for ExportApi {
         let id = convert::parse_id(&request.get_ref().id)?;
         let record = repo::cancel(&mut *self.conn().await?, principal.workspace_id, id).await?;
         Ok(Response::new(convert::export_to_proto(&record)))
+    }
+
+    async fn delete_export(
+        &self,
+        request: Request<DeleteExportRequest>,
+    ) -> Result<Response<Export>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let id = convert::parse_id(&request.get_ref().id)?;
+        let record = repo::delete(&mut *self.conn().await?, principal.workspace_id, id).await?;
+        janitor::remove_objects(&self.pool, &self.storage, &self.metrics, &record).await;
+        Ok(Response::new(convert::export_to_proto(&record)))
+    }
+
+    async fn get_export_download_url(
+        &self,
+        request: Request<GetExportDownloadUrlRequest>,
+    ) -> Result<Response<ExportDownloadUrl>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let req = request.into_inner();
+        let id = convert::parse_id(&req.id)?;
+        let expire_in = download_url::ExpireIn::parse(req.expire_in)?;
+        self.download_url(principal, id, expire_in).await
     }
 }

@@ -30,6 +30,9 @@ diesel::table! {
         lease_generation -> BigInt,
         objects_swept -> Bool,
         needs_mailer -> Bool,
+        deleted_at -> Nullable<Timestamptz>,
+        expires_at -> Nullable<Timestamptz>,
+        notify_url -> Nullable<Text>,
     }
 }
 

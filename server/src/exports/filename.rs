@@ -26,6 +26,7 @@
 //! 7. When nothing is left of the name but the suffix, it is [`default_filename`]:
 //!    `contacts-YYYYMMDD-HHMMSS.csv` at the request time in UTC.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use chrono::{DateTime, Utc};
 
 /// The longest filename produced, in bytes of UTF-8, `.csv` included.
@@ -124,9 +125,48 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
     i
 }
 
+/// RFC 6266 / RFC 5987 `attr-char`: what may stay unescaped in `filename*`.
+const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// `attachment; filename="<ASCII fallback>"; filename*=UTF-8''<percent-encoded>`.
+pub fn content_disposition(filename: &str) -> String {
+    let fallback: String = filename
+        .chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c,
+            _ => '_',
+        })
+        .collect();
+    format!(
+        "attachment; filename=\"{fallback}\"; filename*=UTF-8''{}",
+        utf8_percent_encode(filename, ATTR_CHAR)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_disposition_has_ascii_fallback_and_utf8_name() {
+        assert_eq!(
+            content_disposition("Zoë \"q\".csv"),
+            "attachment; filename=\"Zo_ _q_.csv\"; filename*=UTF-8''Zo%C3%AB%20%22q%22.csv"
+        );
+    }
+
     use chrono::TimeZone as _;
 
     fn now() -> DateTime<Utc> {

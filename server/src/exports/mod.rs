@@ -38,18 +38,22 @@ pub enum ExportStatus {
     Completed,
     Failed,
     Cancelled,
+    /// Its file was removed by retention.
     Expired,
+    /// Deleted by its workspace (DeleteExport): its file is gone, the record stays.
+    Deleted,
 }
 
 impl ExportStatus {
     /// Every status, in the order of an export's life.
-    pub const ALL: [ExportStatus; 6] = [
+    pub const ALL: [ExportStatus; 7] = [
         ExportStatus::Pending,
         ExportStatus::Processing,
         ExportStatus::Completed,
         ExportStatus::Failed,
         ExportStatus::Cancelled,
         ExportStatus::Expired,
+        ExportStatus::Deleted,
     ];
 
     /// The value stored in `exports.status`.
@@ -61,6 +65,7 @@ impl ExportStatus {
             ExportStatus::Failed => "failed",
             ExportStatus::Cancelled => "cancelled",
             ExportStatus::Expired => "expired",
+            ExportStatus::Deleted => "deleted",
         }
     }
 
@@ -73,6 +78,7 @@ impl ExportStatus {
             "failed" => ExportStatus::Failed,
             "cancelled" => ExportStatus::Cancelled,
             "expired" => ExportStatus::Expired,
+            "deleted" => ExportStatus::Deleted,
             _ => return None,
         })
     }
@@ -153,10 +159,16 @@ pub struct ExportRecord {
     pub sha256: Option<String>,
     pub job_done: bool,
     pub cancel_requested: bool,
+    /// The generation of the export's last claim (the keys of its objects end in it).
+    pub lease_generation: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// When retention removes (or removed) the file of a COMPLETED (EXPIRED) export.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub notify_url: Option<String>,
 }
 
 /// Stored options that do not read as [`ExportOptions`] (a row written by something else).

@@ -174,8 +174,10 @@ pub async fn list(
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),
     };
+    // Deleted exports are left out of the list (GetExport still finds them).
     let mut query = exports::table
         .filter(exports::workspace_id.eq(workspace_id))
+        .filter(exports::status.ne(ExportStatus::Deleted))
         .select(ExportRecord::as_select())
         .order((exports::created_at.desc(), exports::id.desc()))
         .limit(limit + 1)
@@ -249,6 +251,54 @@ pub async fn cancel(
         "export {id} is already {}; only a pending or processing export can be cancelled",
         record.status.as_str()
     )))
+}
+
+/// Deletes an export of the workspace: its record is marked DELETED and kept (so that the call
+/// is idempotent and its `request_id` stays bound), and its objects are left to the caller
+/// to remove ([`crate::storage::sweep_strays`]) and to the sweep, which retries. The
+/// generation goes up, so that a run still sending the export's mail stops at its next
+/// write. FAILED_PRECONDITION while the export is pending or processing.
+pub async fn delete(
+    conn: &mut AsyncPgConnection,
+    workspace_id: WorkspaceId,
+    id: ExportId,
+) -> Result<ExportRecord, ExportError> {
+    let now = Utc::now();
+    let deleted: Option<ExportRecord> = diesel::update(exports::table)
+        .filter(exports::workspace_id.eq(workspace_id))
+        .filter(exports::id.eq(id))
+        .filter(exports::status.eq_any([
+            ExportStatus::Completed,
+            ExportStatus::Failed,
+            ExportStatus::Cancelled,
+            ExportStatus::Expired,
+        ]))
+        .set((
+            exports::status.eq(ExportStatus::Deleted),
+            exports::deleted_at.eq(now),
+            exports::updated_at.eq(now),
+            exports::objects_swept.eq(false),
+            exports::job_done.eq(true),
+            exports::needs_mailer.eq(false),
+            exports::lease_generation.eq(exports::lease_generation + 1),
+            exports::lease_owner.eq(None::<String>),
+            exports::lease_expires_at.eq(None::<DateTime<Utc>>),
+        ))
+        .returning(ExportRecord::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+    if let Some(record) = deleted {
+        return Ok(record);
+    }
+    let record = get(conn, workspace_id, id).await?;
+    match record.status {
+        ExportStatus::Deleted => Ok(record),
+        status => Err(ExportError::FailedPrecondition(format!(
+            "export {id} is {}; cancel it first, then delete it",
+            status.as_str().to_uppercase()
+        ))),
+    }
 }
 
 /// The opaque page token: the sort key of the last export of a page.

@@ -58,6 +58,8 @@ struct Inner {
     step_duration: Family<StepLabel, Histogram>,
     step_retries: Family<StepLabel, Counter>,
     step_failures: Family<StepLabel, Counter>,
+    exports_expired: Counter,
+    objects_deleted: Counter,
 }
 
 impl Default for Metrics {
@@ -71,6 +73,8 @@ impl Default for Metrics {
             }),
             step_retries: Family::default(),
             step_failures: Family::default(),
+            exports_expired: Counter::default(),
+            objects_deleted: Counter::default(),
         };
         // Every step has its series from the start, at zero.
         for step in StepName::ALL {
@@ -119,6 +123,16 @@ impl Metrics {
         if failed {
             self.inner.step_failures.get_or_create(&label).inc();
         }
+    }
+
+    /// The janitor marked `n` exports EXPIRED.
+    pub fn exports_expired(&self, n: usize) {
+        self.inner.exports_expired.inc_by(n as u64);
+    }
+
+    /// The janitor (or a run) removed `n` objects from storage.
+    pub fn objects_deleted(&self, n: usize) {
+        self.inner.objects_deleted.inc_by(n as u64);
     }
 
     /// The runner tries `step` again after a failed attempt.
@@ -208,6 +222,16 @@ impl Metrics {
             "contact_export_step_failures",
             "Failed attempts of a pipeline step on this replica (cancellations excluded)",
             inner.step_failures.clone(),
+        );
+        registry.register(
+            "contact_export_expired_exports",
+            "Exports this replica's janitor marked EXPIRED (their files past retention)",
+            inner.exports_expired.clone(),
+        );
+        registry.register(
+            "contact_export_deleted_objects",
+            "Objects this replica's janitor removed from storage: of expired and deleted exports, and of attempts that did not win",
+            inner.objects_deleted.clone(),
         );
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)

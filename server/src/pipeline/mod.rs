@@ -64,6 +64,8 @@ pub struct PipelineContext {
     pub db_patience: Duration,
     /// Faults on purpose, for tests of the real binary; none in production.
     pub hooks: FaultHooks,
+    /// How long a COMPLETED export's file is kept.
+    pub retention: Duration,
 }
 
 impl PipelineContext {

@@ -117,6 +117,7 @@ pub async fn sweep(ctx: &PipelineContext, claim: &Claim, keep: Option<&str>) {
             export.workspace_id,
             export.id,
             claim.fence.generation,
+            None,
             keep,
         )
         .await
@@ -391,6 +392,7 @@ impl Run<'_> {
                     metadata: &metadata,
                     options,
                     storage_key: &storage_key,
+                    filename: &self.export.filename,
                 };
                 self.job.start_attempt().await?;
                 stream_export::run(self.ctx, self.job, self.interrupts, input).await
@@ -531,6 +533,8 @@ async fn attempt_then_complete(
         size_bytes: stored.size_bytes,
         sha256: &stored.sha256,
         rows: stored.rows,
+        expires_at: chrono::Utc::now()
+            + chrono::TimeDelta::from_std(run.ctx.retention).unwrap_or(chrono::TimeDelta::MAX),
     };
     let lost = match run
         .job

@@ -456,6 +456,7 @@ impl JobWriter {
                     exports::error_message.eq(None::<String>),
                     exports::updated_at.eq(Utc::now()),
                     exports::finished_at.eq(Utc::now()),
+                    exports::expires_at.eq(file.expires_at),
                 ))
                 .execute(c)
                 .await?;
@@ -562,6 +563,8 @@ pub struct CompletedFile<'a> {
     pub size_bytes: i64,
     pub sha256: &'a str,
     pub rows: i64,
+    /// When retention is to remove it.
+    pub expires_at: chrono::DateTime<Utc>,
 }
 
 /// Records how a step's attempt ended.

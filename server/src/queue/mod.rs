@@ -12,9 +12,11 @@
 //! - [`job`]: [`JobWriter`], the fenced writes of one claimed job.
 //! - [`steps`]: the persisted step records and their names.
 //! - [`sweep`]: finished jobs whose stray objects are still to remove.
+//! - [`lifecycle`]: retention (COMPLETED → EXPIRED) and the release of idempotency keys.
 
 pub mod claim;
 pub mod job;
+pub mod lifecycle;
 pub mod steps;
 pub mod sweep;
 

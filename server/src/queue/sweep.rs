@@ -3,6 +3,7 @@
 //! Sweeping is idempotent (deleting an object that is gone is no error), so replicas that
 //! sweep the same export at once do no harm: no lock is taken.
 
+use crate::exports::ExportStatus;
 use crate::ids::{ExportId, WorkspaceId};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -16,8 +17,20 @@ pub struct Unswept {
     pub id: ExportId,
     pub workspace_id: WorkspaceId,
     pub generation: i64,
-    /// The object the export points at (COMPLETED), which stays.
+    pub status: ExportStatus,
+    /// The key the row records.
     pub storage_key: Option<String>,
+}
+
+impl Unswept {
+    /// The object that stays: a COMPLETED export's file. Of an export that expired or was
+    /// deleted, every object goes.
+    pub fn keep(&self) -> Option<&str> {
+        match self.status {
+            ExportStatus::Completed => self.storage_key.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Up to `limit` finished exports not swept yet, oldest first.
@@ -31,6 +44,7 @@ pub async fn unswept(conn: &mut AsyncPgConnection, limit: i64) -> Result<Vec<Uns
             exports::id,
             exports::workspace_id,
             exports::lease_generation,
+            exports::status,
             exports::storage_key,
         ))
         .load(conn)

@@ -201,6 +201,7 @@ async fn request_id_reused_with_other_parameters_is_failed_precondition_naming_t
             filename: filename.into(),
             request_id: "k".into(),
             csv_options,
+            ..Default::default()
         };
     let first = client
         .create(request(&[&red, &blue], "", None))

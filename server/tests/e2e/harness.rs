@@ -11,6 +11,7 @@ use contact_export_devkit::postgres::Cluster;
 use contact_export_server::app::{Application, Settings};
 use contact_export_server::db;
 use contact_export_server::mail::Mailer;
+use contact_export_server::janitor::JanitorConfig;
 use contact_export_server::pipeline::{FaultHooks, RetryPolicy};
 use contact_export_server::tls::TlsSettings;
 use contact_export_server::worker::WorkerConfig;
@@ -182,6 +183,8 @@ pub struct AppOptions {
     pub max_running_per_workspace: u32,
     /// Faults on purpose (batches that take longer…).
     pub hooks: FaultHooks,
+    /// Retention and the janitor's pace.
+    pub janitor: JanitorConfig,
 }
 
 /// TLS for the service, and what its test clients use to connect.
@@ -234,6 +237,7 @@ impl Default for AppOptions {
             metrics: false,
             max_running_per_workspace: 2,
             hooks: FaultHooks::default(),
+            janitor: JanitorConfig::new(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
@@ -281,6 +285,7 @@ impl TestApp {
             max_queued_exports: options.max_queued_exports,
             shutdown_timeout: Duration::from_secs(20),
             hooks: options.hooks,
+            janitor: options.janitor,
         }
     }
 

@@ -179,7 +179,7 @@ async fn the_token_cli_refuses_what_would_not_work() {
     failure(
         &exportd_token(url, true, bad_duration).await,
         2,
-        "needs a unit",
+        "time unit needed",
     );
     failure(
         &exportd_token(url, true, &["revoke", &stranger]).await,

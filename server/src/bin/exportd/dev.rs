@@ -11,6 +11,7 @@ use contact_export_server::app::{Application, Settings};
 use contact_export_server::auth::{self, Principal};
 use contact_export_server::config::{JobArgs, storage_operator};
 use contact_export_server::db;
+use contact_export_server::janitor::JanitorConfig;
 use contact_export_server::mail::Mailer;
 use contact_export_server::pipeline::RetryPolicy;
 use contact_export_server::tls::{TlsArgs, TlsSettings};
@@ -109,6 +110,7 @@ async fn serve(
         max_queued_exports: args.jobs.max_queued_exports,
         shutdown_timeout: args.jobs.shutdown_timeout,
         hooks: args.jobs.hooks()?,
+        janitor: JanitorConfig::new(args.jobs.retention),
     };
     let scheme = if settings.tls.is_some() {
         "https"

@@ -16,6 +16,7 @@ use crate::pipeline::selection::Selection;
 use crate::pipeline::snapshot::Snapshot;
 use crate::pipeline::step::{FailureKind, StepError};
 use crate::queue::JobWriter;
+use crate::exports::filename::content_disposition;
 use crate::storage::CSV_CONTENT_TYPE;
 
 /// Multipart chunk of the storage writer for object stores (S3's parts are at least 5 MiB):
@@ -45,6 +46,8 @@ pub struct StreamInput<'a> {
     pub metadata: &'a ExportMetadata,
     pub options: CsvOptions,
     pub storage_key: &'a str,
+    /// The file's name, for its `content-disposition`.
+    pub filename: &'a str,
 }
 
 /// Writes the whole file once, into the attempt's own object; on any failure the upload is
@@ -59,6 +62,10 @@ pub async fn run(
         .storage
         .writer_with(input.storage_key)
         .content_type(CSV_CONTENT_TYPE);
+    // Where the store keeps it, a signed URL then serves the file under its name.
+    if ctx.storage.info().capability().write_with_content_disposition {
+        write = write.content_disposition(&content_disposition(input.filename));
+    }
     if ctx
         .storage
         .info()

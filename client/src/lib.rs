@@ -116,8 +116,8 @@ use std::time::Duration;
 
 use contact_export::v1::export_service_client::ExportServiceClient;
 use contact_export::v1::{
-    CancelExportRequest, DeleteExportRequest, DownloadExportRequest,
-    GetExportDownloadUrlRequest, GetExportRequest, ListExportsRequest, WatchExportRequest,
+    CancelExportRequest, DeleteExportRequest, DownloadExportRequest, GetExportDownloadUrlRequest,
+    GetExportRequest, ListExportsRequest, WatchExportRequest,
 };
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncWrite;

@@ -755,7 +755,10 @@ async fn cli_delete_and_signed_url() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "https://store.example/done?expires=7200");
     let (code, _, err) = exportctl(addr, &["url", "nope"]).await;
-    assert_eq!((code, err.trim()), (2, "error: NOT_FOUND: export not found"));
+    assert_eq!(
+        (code, err.trim()),
+        (2, "error: NOT_FOUND: export not found")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -152,7 +152,9 @@ mod tests {
         assert_eq!(left, expected);
         // Again, with nothing left to remove: no error.
         assert_eq!(
-            sweep_strays(&op, ws, id, 3, None, Some(&keep)).await.unwrap(),
+            sweep_strays(&op, ws, id, 3, None, Some(&keep))
+                .await
+                .unwrap(),
             0
         );
         // An expired export: its file goes too, and a key of the old layout.

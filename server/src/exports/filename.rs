@@ -26,8 +26,8 @@
 //! 7. When nothing is left of the name but the suffix, it is [`default_filename`]:
 //!    `contacts-YYYYMMDD-HHMMSS.csv` at the request time in UTC.
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use chrono::{DateTime, Utc};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// The longest filename produced, in bytes of UTF-8, `.csv` included.
 pub const MAX_FILENAME_BYTES: usize = 200;

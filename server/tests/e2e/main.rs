@@ -10,6 +10,7 @@ mod failing_storage;
 mod faults;
 mod fixture;
 mod harness;
+mod lifecycle;
 mod limits;
 mod metrics;
 mod notifications;

@@ -74,6 +74,11 @@ impl Scrape {
     }
 }
 
+/// The text of one scrape of `app`'s `/metrics`.
+pub async fn scrape_text(app: &TestApp) -> String {
+    scrape(app).await.text
+}
+
 async fn scrape(app: &TestApp) -> Scrape {
     let addr = app.metrics_addr.expect("the app serves metrics");
     let (code, head, text) = get(addr, "/metrics").await;

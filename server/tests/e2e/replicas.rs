@@ -39,7 +39,7 @@ pub async fn seed(db: &TestDb, workspace_id: Uuid, n: i64) {
 }
 
 /// Follows the export until `processed_rows` reaches `rows` in its current attempt.
-async fn wait_for_rows(client: &ExportClient, id: &str, rows: i64) -> Export {
+pub async fn wait_for_rows(client: &ExportClient, id: &str, rows: i64) -> Export {
     within("the export to be mid-stream", async {
         let mut watch = client.watch(id).await.unwrap();
         while let Some(export) = watch.next().await {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::resolve_export_metadata::ExportMetadata;
+use crate::exports::filename::content_disposition;
 use crate::pipeline::PipelineContext;
 use crate::pipeline::batches::{Batches, ReadError};
 use crate::pipeline::copy_rows::RowBatch;
@@ -16,7 +17,6 @@ use crate::pipeline::selection::Selection;
 use crate::pipeline::snapshot::Snapshot;
 use crate::pipeline::step::{FailureKind, StepError};
 use crate::queue::JobWriter;
-use crate::exports::filename::content_disposition;
 use crate::storage::CSV_CONTENT_TYPE;
 
 /// Multipart chunk of the storage writer for object stores (S3's parts are at least 5 MiB):
@@ -63,7 +63,12 @@ pub async fn run(
         .writer_with(input.storage_key)
         .content_type(CSV_CONTENT_TYPE);
     // Where the store keeps it, a signed URL then serves the file under its name.
-    if ctx.storage.info().capability().write_with_content_disposition {
+    if ctx
+        .storage
+        .info()
+        .capability()
+        .write_with_content_disposition
+    {
         write = write.content_disposition(&content_disposition(input.filename));
     }
     if ctx

@@ -21,6 +21,8 @@
 //! - [`ids`]: the domain's ids, a type each ([`ids::WorkspaceId`], [`ids::ExportId`], …).
 //! - [`storage`], [`mail`], [`auth`], [`db`]: the outside world (OpenDAL, lettre, API tokens,
 //!   diesel-async pools and migrations).
+//! - [`webhook`]: signed completion webhooks (Standard Webhooks): the secret and signatures, the
+//!   operator's allow list of URL prefixes, the event and its delivery with retries.
 //! - [`metrics`]: this replica's Prometheus counters, recorded by the worker and the pipeline,
 //!   and the database's gauges, served at `/metrics` when asked for.
 //! - [`app`]: wires it all into an [`app::Application`] that binds, serves and stops.
@@ -44,4 +46,5 @@ pub mod queue;
 pub mod storage;
 pub mod tls;
 pub mod tokens;
+pub mod webhook;
 pub mod worker;

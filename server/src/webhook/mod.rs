@@ -1,0 +1,13 @@
+//! Signed completion webhooks, after the Standard Webhooks specification
+//! (<https://www.standardwebhooks.com>): when an export ends, a `POST` of a JSON event to the
+//! URL its caller gave, signed with the operator's secret.
+//!
+//! - [`secret`]: [`WebhookSecret`], parsed from `whsec_<base64>`, and its `v1,<base64>`
+//!   signature of `{id}.{timestamp}.{body}`.
+//!
+//! The module stands alone: it knows nothing of jobs, the pipeline or the API (only the ids of
+//! [`crate::ids`]), so that whatever sends a webhook depends on it and not the other way round.
+
+pub mod secret;
+
+pub use secret::{SecretError, WebhookSecret};

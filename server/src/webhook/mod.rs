@@ -4,10 +4,14 @@
 //!
 //! - [`secret`]: [`WebhookSecret`], parsed from `whsec_<base64>`, and its `v1,<base64>`
 //!   signature of `{id}.{timestamp}.{body}`.
+//! - [`allow`]: [`AllowList`], the operator's URL prefixes (`--webhook-allow`), and the check of
+//!   a caller's URL against them and against internal addresses.
 //!
 //! The module stands alone: it knows nothing of jobs, the pipeline or the API (only the ids of
 //! [`crate::ids`]), so that whatever sends a webhook depends on it and not the other way round.
 
+pub mod allow;
 pub mod secret;
 
+pub use allow::{AddressClass, AllowList, AllowListError, WebhookUrlError};
 pub use secret::{SecretError, WebhookSecret};

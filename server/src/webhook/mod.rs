@@ -7,14 +7,20 @@
 //! - [`allow`]: [`AllowList`], the operator's URL prefixes (`--webhook-allow`), and the check of
 //!   a caller's URL against them and against internal addresses.
 //! - [`event`]: [`WebhookEvent`], the body (`type`, `timestamp`, `data`).
+//! - [`delivery`]: [`Delivery`], the `POST` with its headers, retries and timeouts, and its
+//!   [`DeliveryOutcome`].
 //!
 //! The module stands alone: it knows nothing of jobs, the pipeline or the API (only the ids of
 //! [`crate::ids`]), so that whatever sends a webhook depends on it and not the other way round.
 
 pub mod allow;
+pub mod delivery;
 pub mod event;
 pub mod secret;
 
 pub use allow::{AddressClass, AllowList, AllowListError, WebhookUrlError};
+pub use delivery::{
+    AttemptError, ClientError, Delivery, DeliveryOutcome, GiveUpReason, RetryPolicy, USER_AGENT,
+};
 pub use event::{EventType, ExportEventData, WebhookEvent};
 pub use secret::{SecretError, WebhookSecret};

@@ -9,16 +9,19 @@
 //! - [`event`]: [`WebhookEvent`], the body (`type`, `timestamp`, `data`).
 //! - [`delivery`]: [`Delivery`], the `POST` with its headers, retries and timeouts, and its
 //!   [`DeliveryOutcome`].
+//! - [`config`]: [`WebhookArgs`], the operator's flags, and [`WebhookConfig`], checked from them.
 //!
 //! The module stands alone: it knows nothing of jobs, the pipeline or the API (only the ids of
 //! [`crate::ids`]), so that whatever sends a webhook depends on it and not the other way round.
 
 pub mod allow;
+pub mod config;
 pub mod delivery;
 pub mod event;
 pub mod secret;
 
 pub use allow::{AddressClass, AllowList, AllowListError, WebhookUrlError};
+pub use config::{WebhookArgs, WebhookConfig, WebhookConfigError};
 pub use delivery::{
     AttemptError, ClientError, Delivery, DeliveryOutcome, GiveUpReason, RetryPolicy, USER_AGENT,
 };

@@ -1,145 +1,20 @@
-//! Webhook deliveries against a real HTTP receiver on 127.0.0.1, written here: it checks each
-//! try's signature on its own (the HMAC recomputed from the `whsec_` secret, not through the
-//! module), answers as each test scripts it, and records what it got.
+//! Webhook deliveries against a real HTTP receiver on 127.0.0.1 (`peers/webhook_receiver.rs`),
+//! which checks each try's signature on its own and answers as each test scripts it.
 
-use std::sync::{Arc, Mutex};
+#[path = "peers/webhook_receiver.rs"]
+mod webhook_receiver;
+
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use chrono::{SubsecRound, Utc};
 use contact_export_server::ids::{ExportId, WorkspaceId};
 use contact_export_server::webhook::{
     AllowList, AttemptError, Delivery, DeliveryOutcome, EventType, ExportEventData, GiveUpReason,
     RetryPolicy, WebhookEvent, WebhookSecret, WebhookUrlError,
 };
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use webhook_receiver::{Answer, seen};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-/// What the receiver answers to one request.
-#[derive(Clone)]
-enum Answer {
-    Status(u16),
-    WithHeader(u16, &'static str, &'static str),
-    /// Answers 200, but only after this long.
-    Slow(Duration),
-}
-
-/// One request as the receiver saw it.
-#[derive(Clone, Debug)]
-struct Seen {
-    at: Instant,
-    id: String,
-    timestamp: i64,
-    signature_valid: bool,
-    content_type: String,
-    user_agent: String,
-    body: Bytes,
-}
-
-struct Receiver {
-    /// The answers in turn; the last one is repeated.
-    script: Vec<Answer>,
-    seen: Mutex<Vec<Seen>>,
-    elsewhere: Mutex<u32>,
-}
-
-/// The receiver's own check of a Standard Webhooks signature.
-fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(id), Some(timestamp), Some(signatures)) = (
-        header("webhook-id"),
-        header("webhook-timestamp"),
-        header("webhook-signature"),
-    ) else {
-        return false;
-    };
-    let Ok(ts) = timestamp.parse::<i64>() else {
-        return false;
-    };
-    if (Utc::now().timestamp() - ts).abs() > 5 * 60 {
-        return false;
-    }
-    let key = STANDARD
-        .decode(SECRET.strip_prefix("whsec_").unwrap())
-        .unwrap();
-    signatures.split(' ').any(|signature| {
-        let Some(("v1", encoded)) = signature.split_once(',') else {
-            return false;
-        };
-        let Ok(expected) = STANDARD.decode(encoded) else {
-            return false;
-        };
-        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-        mac.update(format!("{id}.{ts}.").as_bytes());
-        mac.update(body);
-        mac.verify_slice(&expected).is_ok()
-    })
-}
-
-async fn hook(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Response {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let index = {
-        let mut seen = receiver.seen.lock().unwrap();
-        seen.push(Seen {
-            at: Instant::now(),
-            id: header("webhook-id"),
-            timestamp: header("webhook-timestamp").parse().unwrap_or(-1),
-            signature_valid: verify(&headers, &body),
-            content_type: header("content-type"),
-            user_agent: header("user-agent"),
-            body: body.clone(),
-        });
-        seen.len() - 1
-    };
-    let answer = receiver.script[index.min(receiver.script.len() - 1)].clone();
-    match answer {
-        Answer::Status(status) => StatusCode::from_u16(status).unwrap().into_response(),
-        Answer::WithHeader(status, name, value) => {
-            (StatusCode::from_u16(status).unwrap(), [(name, value)]).into_response()
-        }
-        Answer::Slow(delay) => {
-            tokio::time::sleep(delay).await;
-            StatusCode::OK.into_response()
-        }
-    }
-}
-
-async fn elsewhere(State(receiver): State<Arc<Receiver>>) -> StatusCode {
-    *receiver.elsewhere.lock().unwrap() += 1;
-    StatusCode::OK
-}
-
-/// A receiver on a free port of 127.0.0.1: its base URL (`http://127.0.0.1:PORT/`) and state.
-async fn receiver(script: Vec<Answer>) -> (String, Arc<Receiver>) {
-    let receiver = Arc::new(Receiver {
-        script,
-        seen: Mutex::new(Vec::new()),
-        elsewhere: Mutex::new(0),
-    });
-    let app = Router::new()
-        .route("/hooks/export", post(hook))
-        .route("/elsewhere", post(elsewhere).get(elsewhere))
-        .with_state(receiver.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://127.0.0.1:{port}/"), receiver)
-}
 
 fn quick_policy() -> RetryPolicy {
     RetryPolicy {
@@ -179,13 +54,9 @@ fn event() -> WebhookEvent {
     }
 }
 
-fn seen(receiver: &Receiver) -> Vec<Seen> {
-    receiver.seen.lock().unwrap().clone()
-}
-
 #[tokio::test]
 async fn delivers_a_signed_event_that_the_receiver_verifies() {
-    let (base, receiver) = receiver(vec![Answer::Status(204)]).await;
+    let (base, receiver) = webhook_receiver::receiver(SECRET, vec![Answer::Status(204)]).await;
     let event = event();
     let outcome = delivery(&base, quick_policy())
         .deliver(&format!("{base}hooks/export"), &event)
@@ -220,12 +91,15 @@ async fn delivers_a_signed_event_that_the_receiver_verifies() {
 
 #[tokio::test]
 async fn retries_after_server_errors_with_the_same_id_and_a_signature_per_try() {
-    let (base, receiver) = receiver(vec![
-        Answer::Status(500),
-        Answer::Status(502),
-        Answer::Status(503),
-        Answer::Status(200),
-    ])
+    let (base, receiver) = webhook_receiver::receiver(
+        SECRET,
+        vec![
+            Answer::Status(500),
+            Answer::Status(502),
+            Answer::Status(503),
+            Answer::Status(200),
+        ],
+    )
     .await;
     let event = event();
     let outcome = delivery(&base, quick_policy())
@@ -253,7 +127,8 @@ async fn retries_after_server_errors_with_the_same_id_and_a_signature_per_try() 
 
 #[tokio::test]
 async fn a_receiver_that_never_answers_in_time_is_given_up() {
-    let (base, receiver) = receiver(vec![Answer::Slow(Duration::from_secs(30))]).await;
+    let (base, receiver) =
+        webhook_receiver::receiver(SECRET, vec![Answer::Slow(Duration::from_secs(30))]).await;
     let policy = RetryPolicy {
         per_try_timeout: Duration::from_millis(300),
         max_retry_time: Duration::from_millis(1500),
@@ -288,7 +163,8 @@ async fn a_receiver_that_never_answers_in_time_is_given_up() {
 
 #[tokio::test]
 async fn a_client_error_is_not_retried() {
-    let (base, receiver) = receiver(vec![Answer::Status(400), Answer::Status(200)]).await;
+    let (base, receiver) =
+        webhook_receiver::receiver(SECRET, vec![Answer::Status(400), Answer::Status(200)]).await;
     let outcome = delivery(&base, quick_policy())
         .deliver(&format!("{base}hooks/export"), &event())
         .await;
@@ -311,7 +187,7 @@ async fn a_client_error_is_not_retried() {
 
 #[tokio::test]
 async fn gives_up_after_the_max_retry_time() {
-    let (base, receiver) = receiver(vec![Answer::Status(503)]).await;
+    let (base, receiver) = webhook_receiver::receiver(SECRET, vec![Answer::Status(503)]).await;
     let policy = RetryPolicy {
         max_retry_time: Duration::from_millis(800),
         ..quick_policy()
@@ -340,12 +216,15 @@ async fn gives_up_after_the_max_retry_time() {
 
 #[tokio::test]
 async fn retry_after_is_honoured_up_to_its_cap_and_408_429_are_retried() {
-    let (base, receiver) = receiver(vec![
-        Answer::WithHeader(429, "retry-after", "1"),
-        Answer::WithHeader(503, "retry-after", "3600"),
-        Answer::Status(408),
-        Answer::Status(201),
-    ])
+    let (base, receiver) = webhook_receiver::receiver(
+        SECRET,
+        vec![
+            Answer::WithHeader(429, "retry-after", "1"),
+            Answer::WithHeader(503, "retry-after", "3600"),
+            Answer::Status(408),
+            Answer::Status(201),
+        ],
+    )
     .await;
     let policy = RetryPolicy {
         max_retry_after: Duration::from_millis(1200),
@@ -376,7 +255,11 @@ async fn retry_after_is_honoured_up_to_its_cap_and_408_429_are_retried() {
 
 #[tokio::test]
 async fn redirects_are_not_followed() {
-    let (base, receiver) = receiver(vec![Answer::WithHeader(307, "location", "/elsewhere")]).await;
+    let (base, receiver) = webhook_receiver::receiver(
+        SECRET,
+        vec![Answer::WithHeader(307, "location", "/elsewhere")],
+    )
+    .await;
     let outcome = delivery(&base, quick_policy())
         .deliver(&format!("{base}hooks/export"), &event())
         .await;
@@ -435,7 +318,7 @@ async fn connection_errors_are_retried_until_the_time_is_up() {
 
 #[tokio::test]
 async fn a_url_outside_the_allow_list_gets_no_try() {
-    let (base, receiver) = receiver(vec![Answer::Status(200)]).await;
+    let (base, receiver) = webhook_receiver::receiver(SECRET, vec![Answer::Status(200)]).await;
     let delivery = delivery(&base, quick_policy());
     for url in [
         "https://hooks.example.com/hooks/export".to_owned(),
@@ -463,7 +346,7 @@ async fn a_url_outside_the_allow_list_gets_no_try() {
 /// delivery time: the delivery's resolver does not connect to it (the DNS-rebinding guard).
 #[tokio::test]
 async fn a_name_resolving_to_an_internal_address_at_delivery_is_not_connected_to() {
-    let (base, receiver) = receiver(vec![Answer::Status(200)]).await;
+    let (base, receiver) = webhook_receiver::receiver(SECRET, vec![Answer::Status(200)]).await;
     let named = base.replace("127.0.0.1", "localhost");
     // The check of a caller's URL refuses it as well.
     let allow = AllowList::new([named.as_str()]).unwrap();
@@ -494,7 +377,7 @@ async fn a_name_resolving_to_an_internal_address_at_delivery_is_not_connected_to
 
 #[tokio::test]
 async fn the_explicit_loopback_prefix_passes_the_check() {
-    let (base, _receiver) = receiver(vec![Answer::Status(200)]).await;
+    let (base, _receiver) = webhook_receiver::receiver(SECRET, vec![Answer::Status(200)]).await;
     let allow = AllowList::new([base.as_str()]).unwrap();
     let url = allow.check(&format!("{base}hooks/export")).await.unwrap();
     assert_eq!(url.host_str(), Some("127.0.0.1"));

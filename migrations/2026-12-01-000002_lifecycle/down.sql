@@ -1,3 +1,4 @@
+ALTER TABLE exports DROP COLUMN webhook_due;
 ALTER TABLE exports DROP COLUMN notify_url;
 DROP INDEX exports_completed_finished;
 ALTER TABLE exports DROP COLUMN expires_at;

@@ -11,5 +11,8 @@ ALTER TABLE exports ADD COLUMN deleted_at timestamptz;
 ALTER TABLE exports ADD COLUMN expires_at timestamptz;
 CREATE INDEX exports_completed_finished ON exports (finished_at) WHERE status = 'completed';
 
--- The caller's webhook (validated against the operator's allow list when created).
+-- The caller's webhook (validated against the operator's allow list when created), and the
+-- end it is still to be told of ('completed', 'failed', 'cancelled', 'expired'): while one is
+-- due the job is not done, and only a replica that can send webhooks claims it.
 ALTER TABLE exports ADD COLUMN notify_url text;
+ALTER TABLE exports ADD COLUMN webhook_due text;

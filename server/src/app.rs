@@ -18,6 +18,7 @@ use crate::mail::Mailer;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{FaultHooks, PipelineContext, RetryPolicy};
 use crate::tls::TlsSettings;
+use crate::webhook::WebhookConfig;
 use crate::worker::{self, WorkerConfig};
 
 /// Everything the service needs, already parsed.
@@ -45,6 +46,8 @@ pub struct Settings {
     pub hooks: FaultHooks,
     /// Retention and clean-up.
     pub janitor: JanitorConfig,
+    /// The callers' webhooks: allowed prefixes and the signing secret (off by default).
+    pub webhooks: WebhookConfig,
 }
 
 /// Requests larger than this are refused: the largest legitimate one (1,000 tag ids) is ~40 KiB.
@@ -84,6 +87,8 @@ pub enum AppError {
     Serve(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 /// A bound, connected service, ready to run.
@@ -185,8 +190,13 @@ impl Application {
             shutdown_timeout,
             hooks,
             janitor,
+            webhooks,
             ..
         } = self.settings;
+        let delivery = webhooks
+            .delivery()
+            .map_err(|e| AppError::Webhooks(e.to_string()))?
+            .map(std::sync::Arc::new);
         // Before anything is spawned: an error here leaves nothing running.
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = &tls {
@@ -215,6 +225,7 @@ impl Application {
             db_patience: worker_config.lease,
             hooks,
             retention: janitor.retention,
+            webhooks: delivery,
         };
         let workers = tokio::spawn(worker::run(context, worker_config, stop.clone()));
         let janitor_task = tokio::spawn(janitor::run(
@@ -241,6 +252,7 @@ impl Application {
             max_queued_exports,
             stop.clone(),
             self.metrics.clone(),
+            webhooks.allow.clone(),
         );
         let export_service =
             ExportServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);

@@ -9,6 +9,7 @@ use crate::janitor::JanitorConfig;
 use crate::mail::Mailer;
 use crate::pipeline::{FaultHooks, RetryPolicy};
 use crate::tls::TlsArgs;
+use crate::webhook::{WebhookArgs, WebhookConfig};
 use crate::worker::WorkerConfig;
 
 /// Flags of `exportd serve`.
@@ -42,6 +43,8 @@ pub struct ServeArgs {
     pub jobs: JobArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 }
 
 /// Flags that shape the job runner (shared by `serve` and `dev`).
@@ -112,6 +115,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("metrics_listen", &self.metrics_listen)
             .field("jobs", &self.jobs)
             .field("tls", &self.tls)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -211,6 +215,8 @@ pub enum ConfigError {
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Hooks(String),
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhook::WebhookConfigError),
 }
 
 /// Builds the storage operator. `fs://` paths may be relative to the working directory and are
@@ -264,6 +270,7 @@ impl ServeArgs {
             shutdown_timeout: self.jobs.shutdown_timeout,
             hooks: self.jobs.hooks()?,
             janitor: JanitorConfig::new(self.jobs.retention),
+            webhooks: WebhookConfig::from_args(&self.webhooks)?,
         })
     }
 }

@@ -69,6 +69,7 @@ pub async fn run(ctx: PipelineContext, config: WorkerConfig, shutdown: Cancellat
         lease: config.lease,
         can_mail: ctx.mailer.is_some(),
         max_running_per_workspace: config.max_running_per_workspace,
+        can_webhook: ctx.webhooks.is_some(),
     };
     let slots = Arc::new(Semaphore::new(config.workers));
     let mut running = JoinSet::new();

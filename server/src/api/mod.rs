@@ -26,9 +26,10 @@ use tonic::{Request, Response, Status};
 
 use crate::db::{DbError, PgPool, PooledConn};
 use crate::events::Events;
-use crate::exports::{ExportRecord, NewExport, repo};
+use crate::exports::{ExportError, ExportRecord, NewExport, repo};
 use crate::janitor;
 use crate::metrics::Metrics;
+use crate::webhook::AllowList;
 use shared_read::SharedReads;
 
 pub use contact_export::v1::export_service_server::ExportServiceServer;
@@ -49,6 +50,8 @@ pub struct ExportApi {
     shared_reads: SharedReads<ExportRecord>,
     /// Objects removed by DeleteExport count in this replica's metrics.
     metrics: Metrics,
+    /// The prefixes a `notify_url` must start with (none: webhooks refused).
+    webhook_allow: AllowList,
 }
 
 impl ExportApi {
@@ -59,6 +62,7 @@ impl ExportApi {
         max_queued_exports: u32,
         shutdown: CancellationToken,
         metrics: Metrics,
+        webhook_allow: AllowList,
     ) -> Self {
         ExportApi {
             pool,
@@ -68,6 +72,7 @@ impl ExportApi {
             shutdown,
             shared_reads: SharedReads::default(),
             metrics,
+            webhook_allow,
         }
     }
 
@@ -89,13 +94,24 @@ impl ExportService for ExportApi {
     ) -> Result<Response<Export>, Status> {
         let principal = self.authenticate(&request).await?;
         let req = request.into_inner();
-        let new = NewExport::parse(
+        let notify_url = match req.notify_url.trim() {
+            "" => None,
+            url => Some(
+                self.webhook_allow
+                    .check(url)
+                    .await
+                    .map_err(|e| ExportError::invalid("notify_url", e.to_string()))?
+                    .to_string(),
+            ),
+        };
+        let mut new = NewExport::parse(
             &req.tag_ids,
             &req.filename,
             &req.request_id,
             convert::options_from_proto(req.csv_options.as_ref())?,
             chrono::Utc::now(),
         )?;
+        new.notify_url = notify_url;
         let record = repo::create(
             &mut *self.conn().await?,
             principal,

@@ -33,6 +33,7 @@ diesel::table! {
         deleted_at -> Nullable<Timestamptz>,
         expires_at -> Nullable<Timestamptz>,
         notify_url -> Nullable<Text>,
+        webhook_due -> Nullable<Text>,
     }
 }
 

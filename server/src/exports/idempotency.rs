@@ -21,10 +21,17 @@ pub struct RequestParams {
     pub filename: String,
     /// Resolved, so that absent options and explicit defaults are the same request.
     pub csv_options: ExportOptions,
+    /// As checked (normalised by URL parsing); absent in keys stored before webhooks.
+    pub notify_url: Option<String>,
 }
 
 impl RequestParams {
-    pub fn new(tag_ids: &[Uuid], filename: &str, csv_options: ExportOptions) -> Self {
+    pub fn new(
+        tag_ids: &[Uuid],
+        filename: &str,
+        csv_options: ExportOptions,
+        notify_url: Option<&str>,
+    ) -> Self {
         let mut tag_ids = tag_ids.to_vec();
         tag_ids.sort_unstable();
         tag_ids.dedup();
@@ -32,6 +39,7 @@ impl RequestParams {
             tag_ids,
             filename: filename.to_owned(),
             csv_options,
+            notify_url: notify_url.map(str::to_owned),
         }
     }
 
@@ -46,6 +54,9 @@ impl RequestParams {
         }
         if self.csv_options != other.csv_options {
             fields.push("csv_options");
+        }
+        if self.notify_url != other.notify_url {
+            fields.push("notify_url");
         }
         fields
     }
@@ -99,7 +110,7 @@ mod tests {
 
     fn params(tags: &[u128], filename: &str) -> RequestParams {
         let tags: Vec<Uuid> = tags.iter().copied().map(tag).collect();
-        RequestParams::new(&tags, filename, ExportOptions::default())
+        RequestParams::new(&tags, filename, ExportOptions::default(), None)
     }
 
     fn check(first: &RequestParams, again: &RequestParams) -> Result<(), ExportError> {

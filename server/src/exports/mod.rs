@@ -169,6 +169,8 @@ pub struct ExportRecord {
     /// When retention removes (or removed) the file of a COMPLETED (EXPIRED) export.
     pub expires_at: Option<DateTime<Utc>>,
     pub notify_url: Option<String>,
+    /// The end its webhook is still to be told of (`completed`, `failed`…).
+    pub webhook_due: Option<String>,
 }
 
 /// Stored options that do not read as [`ExportOptions`] (a row written by something else).

@@ -24,6 +24,9 @@ pub struct NewExport {
     pub requested_filename: String,
     pub request_id: Option<String>,
     pub options: ExportOptions,
+    /// The caller's webhook, checked against the operator's allow list by the caller of
+    /// [`NewExport::parse`] (which needs the network to resolve it).
+    pub notify_url: Option<String>,
 }
 
 impl NewExport {
@@ -71,12 +74,18 @@ impl NewExport {
             requested_filename: filename.to_owned(),
             request_id,
             options,
+            notify_url: None,
         })
     }
 
     /// The parameters a `request_id` is bound to.
     pub fn params(&self) -> RequestParams {
-        RequestParams::new(&self.tag_ids, &self.requested_filename, self.options)
+        RequestParams::new(
+            &self.tag_ids,
+            &self.requested_filename,
+            self.options,
+            self.notify_url.as_deref(),
+        )
     }
 }
 

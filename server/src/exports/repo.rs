@@ -67,6 +67,7 @@ pub async fn create(
                 exports::options.eq(serde_json::to_value(new.options).expect("options serialise")),
                 exports::request_id.eq(&new.request_id),
                 exports::request.eq(new.request_id.as_ref().map(|_| params.to_json())),
+                exports::notify_url.eq(&new.notify_url),
             ))
             .on_conflict_do_nothing()
             .returning(ExportRecord::as_returning())
@@ -217,7 +218,15 @@ pub async fn cancel(
         .filter(exports::lease_owner.is_null())
         .set((
             exports::status.eq(ExportStatus::Cancelled),
-            exports::job_done.eq(true),
+            // A webhook to tell of it keeps the job open for a worker to send it.
+            exports::job_done.eq(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                "notify_url IS NULL",
+            )),
+            exports::webhook_due.eq(diesel::dsl::sql::<
+                diesel::sql_types::Nullable<diesel::sql_types::Text>,
+            >(
+                "CASE WHEN notify_url IS NULL THEN NULL ELSE 'cancelled' END",
+            )),
             exports::cancel_requested.eq(true),
             exports::error_message.eq("cancelled by request"),
             exports::updated_at.eq(now),

@@ -35,4 +35,13 @@ impl Interrupts {
             _ = self.shutdown.cancelled() => Err(StepError::Shutdown),
         }
     }
+
+    /// Runs `work` to its end, or stops it when interrupted (then `Err`).
+    pub async fn race<T>(&self, work: impl Future<Output = T>) -> Result<T, StepError> {
+        tokio::select! {
+            done = work => Ok(done),
+            _ = self.lease_lost.cancelled() => Err(StepError::LeaseLost),
+            _ = self.shutdown.cancelled() => Err(StepError::Shutdown),
+        }
+    }
 }

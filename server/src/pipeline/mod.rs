@@ -66,6 +66,9 @@ pub struct PipelineContext {
     pub hooks: FaultHooks,
     /// How long a COMPLETED export's file is kept.
     pub retention: Duration,
+    /// The sender of the callers' webhooks; `None`: this replica sends none (jobs with one due
+    /// are left to a replica that can).
+    pub webhooks: Option<std::sync::Arc<crate::webhook::Delivery>>,
 }
 
 impl PipelineContext {

@@ -29,6 +29,7 @@ use crate::queue::{
     Claim, CompletedFile, Completion, JobError, JobWriter, StepName, StepRecord, StepStatus,
 };
 use crate::storage;
+use crate::webhook::{EventType, ExportEventData, WebhookEvent};
 
 /// How a run ended, for the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,24 +61,8 @@ pub async fn run(
         interrupts,
         records: HashMap::new(),
     };
-    let outcome = run.steps().await;
-    let ended = match outcome {
+    let ended = match run.steps().await {
         Ok(end) => return end,
-        Err(StepError::LeaseLost) => {
-            tracing::warn!("the job was claimed again elsewhere; this run stops");
-            return RunEnd::TakenOver;
-        }
-        Err(StepError::Unrecorded(why)) => {
-            tracing::warn!(error = %why, "the run cannot tell what it recorded; it stops and leaves the job to its lease");
-            return RunEnd::Abandoned;
-        }
-        Err(StepError::Shutdown) => {
-            tracing::info!("shutting down; job handed back");
-            return match job.release().await {
-                Ok(()) => RunEnd::Released,
-                Err(e) => not_recorded(e),
-            };
-        }
         Err(StepError::Cancelled) => {
             tracing::info!("export cancelled");
             job.end(ExportStatus::Cancelled, "cancelled by request")
@@ -87,13 +72,45 @@ pub async fn run(
             tracing::error!(error = %public, cause = %source, "export failed");
             job.end(ExportStatus::Failed, &public).await
         }
+        Err(other) => return interrupted(job, other).await,
     };
     match ended {
-        Ok(()) => {
+        Ok(false) => {
             sweep(ctx, claim, None).await;
             RunEnd::Done
         }
+        // The caller's webhook is still to be told of the end.
+        Ok(true) => match run.after_end().await {
+            Ok(end) => end,
+            Err(e) => interrupted(job, e).await,
+        },
         Err(e) => not_recorded(e),
+    }
+}
+
+/// A run that stops without an end of its own: taken over, handed back, or unsure of what it
+/// recorded (a failure after the end, which the next run takes up).
+async fn interrupted(job: &JobWriter, e: StepError) -> RunEnd {
+    match e {
+        StepError::LeaseLost => {
+            tracing::warn!("the job was claimed again elsewhere; this run stops");
+            RunEnd::TakenOver
+        }
+        StepError::Shutdown => {
+            tracing::info!("shutting down; job handed back");
+            match job.release().await {
+                Ok(()) => RunEnd::Released,
+                Err(e) => not_recorded(e),
+            }
+        }
+        StepError::Unrecorded(why) => {
+            tracing::warn!(error = %why, "the run cannot tell what it recorded; it stops and leaves the job to its lease");
+            RunEnd::Abandoned
+        }
+        StepError::Cancelled | StepError::Failed { .. } => {
+            tracing::warn!(error = %e, "the job stops after its export ended; a later run finishes it");
+            RunEnd::Abandoned
+        }
     }
 }
 
@@ -145,6 +162,19 @@ struct Run<'a> {
 impl Run<'_> {
     async fn steps(&mut self) -> Result<RunEnd, StepError> {
         self.records = self.patiently(|| self.load_records()).await?;
+        // An export that ended without a file, whose webhook was not told yet (unless runs of
+        // it kept stopping: then it is left untold, and the export as it ended).
+        if matches!(
+            self.export.status,
+            ExportStatus::Failed | ExportStatus::Cancelled | ExportStatus::Expired
+        ) {
+            if self.job.fence().generation > self.ctx.retry.max_claims {
+                tracing::warn!("the claim cap was reached; the webhook of this end is not sent");
+                self.job.job_done().await?;
+                return Ok(RunEnd::Done);
+            }
+            return self.after_end().await;
+        }
         if self.job.fence().generation > self.ctx.retry.max_claims {
             return Err(StepError::failed(
                 FailureKind::Fatal,
@@ -189,8 +219,12 @@ impl Run<'_> {
         }
     }
 
-    /// The notification (unless sent already), then the end of the job.
+    /// The caller's webhook and the notification (unless sent already), then the end of the
+    /// job.
     async fn after_file(&self, stored: &StoredFile) -> Result<RunEnd, StepError> {
+        if self.webhook().await? == RunEnd::Released {
+            return Ok(RunEnd::Released);
+        }
         if self
             .done::<Notification>(StepName::SendNotification)?
             .is_none()
@@ -208,6 +242,87 @@ impl Run<'_> {
             Some(&stored.storage_key),
         )
         .await;
+        Ok(RunEnd::Done)
+    }
+
+    /// After an export ended without a file: its webhook, then the end of the job.
+    async fn after_end(&self) -> Result<RunEnd, StepError> {
+        if self.webhook().await? == RunEnd::Released {
+            return Ok(RunEnd::Released);
+        }
+        self.job.job_done().await?;
+        sweep(
+            self.ctx,
+            &Claim {
+                export: self.export.clone(),
+                fence: self.job.fence(),
+            },
+            None,
+        )
+        .await;
+        Ok(RunEnd::Done)
+    }
+
+    /// The caller's webhook, when one is due: once per end it is told of, recorded, and never
+    /// a failure of the export (a delivery that gave up is recorded and logged). A replica
+    /// that cannot send webhooks leaves it to one that can.
+    async fn webhook(&self) -> Result<RunEnd, StepError> {
+        let export = self.job.current().await?;
+        let (Some(due), Some(url)) = (export.webhook_due.clone(), export.notify_url.clone()) else {
+            return Ok(RunEnd::Done);
+        };
+        let Some(event_type) = EventType::for_status(&due) else {
+            tracing::warn!(due, "no webhook event for this end; none sent");
+            return Ok(RunEnd::Done);
+        };
+        let step = StepName::SendWebhook;
+        if self
+            .done::<WebhookSent>(step)?
+            .is_some_and(|sent| sent.event == due)
+        {
+            return Ok(RunEnd::Done);
+        }
+        let Some(delivery) = &self.ctx.webhooks else {
+            tracing::info!("no webhook sender here; the job waits for a replica with one");
+            self.job.await_webhooks().await?;
+            return Ok(RunEnd::Released);
+        };
+        // When the end happened, as recorded: every delivery of this event is the same bytes.
+        let timestamp = match event_type {
+            EventType::ExportExpired => export.updated_at,
+            _ => export.finished_at.unwrap_or(export.updated_at),
+        };
+        let event = WebhookEvent {
+            event_type,
+            timestamp,
+            data: ExportEventData {
+                export_id: export.id,
+                workspace_id: export.workspace_id,
+                status: event_type.status().to_owned(),
+                total_rows: export.total_rows,
+                processed_rows: export.processed_rows,
+                size_bytes: export.size_bytes,
+                sha256: export.sha256.clone(),
+                error_message: export.error_message.clone(),
+                filename: export.filename.clone(),
+            },
+        };
+        let sent = async {
+            // Interrupted, the next run sends it again (under the same webhook-id).
+            let outcome = self.interrupts.race(delivery.deliver(&url, &event)).await?;
+            if !outcome.is_delivered() {
+                tracing::warn!(%outcome, "the webhook was not delivered");
+            }
+            Ok(WebhookSent {
+                event: due.clone(),
+                webhook_id: event.webhook_id(),
+                delivered: outcome.is_delivered(),
+                attempts: outcome.attempts(),
+                outcome: outcome.to_string(),
+            })
+        };
+        let sent = self.attempt(step, sent, |_| None).await?;
+        self.job.webhook_sent(&due, &to_json(&sent)).await?;
         Ok(RunEnd::Done)
     }
 
@@ -553,6 +668,18 @@ async fn attempt_then_complete(
         tracing::warn!(error = %e, key = storage_key, "removing the attempt's object failed; the sweep retries");
     }
     Err(lost)
+}
+
+/// The recorded output of `send-webhook`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct WebhookSent {
+    /// The end it told of (`completed`, `failed`…).
+    event: String,
+    webhook_id: String,
+    /// Whether the receiver answered 2xx (if not, every try within the time allowed failed).
+    delivered: bool,
+    attempts: u32,
+    outcome: String,
 }
 
 fn to_json<T: Serialize>(output: &T) -> serde_json::Value {

@@ -30,6 +30,9 @@ pub struct ClaimPolicy {
     pub can_mail: bool,
     /// Jobs of one workspace running at once, across all replicas.
     pub max_running_per_workspace: u32,
+    /// Whether this replica can send webhooks: a job with one due is left to a replica that
+    /// can.
+    pub can_webhook: bool,
 }
 
 /// A claimed job: the export as it was claimed, and the claim's fence.
@@ -80,7 +83,7 @@ pub async fn claim(
                  lease_generation = lease_generation + 1 \
                  WHERE id = (SELECT e.id FROM exports e WHERE ",
                 claimable!(),
-                " AND ($3 OR NOT e.needs_mailer) \
+                " AND ($3 OR NOT e.needs_mailer) AND ($5 OR e.webhook_due IS NULL) \
                  AND (SELECT count(*) FROM exports r WHERE r.workspace_id = e.workspace_id \
                       AND NOT r.job_done AND r.lease_owner IS NOT NULL \
                       AND r.lease_expires_at >= now()) < $4 \
@@ -91,6 +94,7 @@ pub async fn claim(
             .bind::<Text, _>(interval(policy.lease))
             .bind::<Bool, _>(policy.can_mail)
             .bind::<Integer, _>(i32::try_from(policy.max_running_per_workspace).unwrap_or(i32::MAX))
+            .bind::<Bool, _>(policy.can_webhook)
             .get_result(conn)
             .await
             .optional()?;

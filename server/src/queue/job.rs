@@ -27,7 +27,7 @@ use super::steps::{StepName, StepStatus};
 use crate::db::schema::{export_steps, exports};
 use crate::db::{DbError, PgPool};
 use crate::events::Events;
-use crate::exports::ExportStatus;
+use crate::exports::{ExportRecord, ExportStatus};
 
 /// Why a job write did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -334,6 +334,37 @@ impl JobWriter {
         }
     }
 
+    /// The `send-webhook` step told the caller of `event` (delivered or given up): its record,
+    /// and the webhook no longer due, unless a later end is due by now.
+    pub async fn webhook_sent(
+        &self,
+        event: &str,
+        output: &serde_json::Value,
+    ) -> Result<(), JobError> {
+        let id = self.fence.export_id;
+        let step = StepName::SendWebhook;
+        fenced_transaction!(self, |c, _cancel| {
+            finish_step(
+                c,
+                id,
+                step,
+                StepStatus::Succeeded,
+                Some(output),
+                None,
+                false,
+            )
+            .await?;
+            diesel::update(exports::table.find(id))
+                .filter(exports::webhook_due.eq(event))
+                .set(exports::webhook_due.eq(None::<String>))
+                .execute(c)
+                .await
+                .map(|_| ())
+        })?;
+        self.step_ended(step);
+        Ok(())
+    }
+
     /// A step's attempt failed (counted towards its cap); `error` is for operators.
     pub async fn step_failed(&self, step: StepName, error: &str) -> Result<(), JobError> {
         let id = self.fence.export_id;
@@ -457,6 +488,9 @@ impl JobWriter {
                     exports::updated_at.eq(Utc::now()),
                     exports::finished_at.eq(Utc::now()),
                     exports::expires_at.eq(file.expires_at),
+                    exports::webhook_due.eq(sql::<Nullable<Text>>(
+                        "CASE WHEN notify_url IS NULL THEN NULL ELSE 'completed' END",
+                    )),
                 ))
                 .execute(c)
                 .await?;
@@ -469,32 +503,67 @@ impl JobWriter {
         Ok(completion)
     }
 
-    /// Ends the job, and the export FAILED or CANCELLED with it. A COMPLETED export stays as
-    /// callers saw it (a failure after its file, of the mail say, changes nothing visible):
-    /// only its job ends.
-    pub async fn end(&self, status: ExportStatus, message: &str) -> Result<(), JobError> {
-        let now = Utc::now();
-        let n = retrying!(self, |c| {
-            Ok(fenced!(self)
-                .set((
-                    exports::status
-                        .eq(case_when(is_completed(), exports::status).otherwise(status.as_str())),
-                    exports::error_message
-                        .eq(case_when(is_completed(), exports::error_message)
-                            .otherwise(Some(message))),
-                    exports::job_done.eq(true),
-                    exports::needs_mailer.eq(false),
-                    exports::lease_owner.eq(None::<String>),
-                    exports::lease_expires_at.eq(None::<chrono::DateTime<Utc>>),
-                    exports::updated_at
-                        .eq(case_when(is_completed(), exports::updated_at).otherwise(now)),
-                    exports::finished_at
-                        .eq(case_when(is_completed(), exports::finished_at).otherwise(Some(now))),
-                ))
-                .execute(c)
-                .await?)
+    /// Ends the export FAILED or CANCELLED, and with it the job, unless the caller's webhook is
+    /// still to be told (then the run keeps its lease and goes on to it): returns whether a
+    /// webhook is due. A COMPLETED export stays as callers saw it (a failure after its file,
+    /// of the mail say, changes nothing visible): only its job ends, or its webhook follows.
+    pub async fn end(&self, status: ExportStatus, message: &str) -> Result<bool, JobError> {
+        #[derive(diesel::QueryableByName)]
+        struct Ended {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            job_done: bool,
+        }
+        let (id, generation) = (self.fence.export_id, self.fence.generation);
+        let ended: Option<Ended> = retrying!(self, |c| {
+            // Every expression reads the row as it was before this update.
+            Ok(diesel::sql_query(
+                "UPDATE exports SET \
+                   status = CASE WHEN status = 'completed' THEN status ELSE $3 END, \
+                   error_message = CASE WHEN status = 'completed' THEN error_message ELSE $4 END, \
+                   webhook_due = CASE WHEN status = 'completed' THEN webhook_due \
+                                      WHEN notify_url IS NOT NULL THEN $3 END, \
+                   job_done = (CASE WHEN status = 'completed' THEN webhook_due \
+                                    ELSE notify_url END) IS NULL, \
+                   lease_owner = CASE WHEN (CASE WHEN status = 'completed' THEN webhook_due \
+                                    ELSE notify_url END) IS NULL THEN NULL ELSE lease_owner END, \
+                   lease_expires_at = CASE WHEN (CASE WHEN status = 'completed' THEN webhook_due \
+                                    ELSE notify_url END) IS NULL THEN NULL ELSE lease_expires_at END, \
+                   needs_mailer = false, \
+                   updated_at = CASE WHEN status = 'completed' THEN updated_at ELSE now() END, \
+                   finished_at = CASE WHEN status = 'completed' THEN finished_at ELSE now() END \
+                 WHERE id = $1 AND lease_generation = $2 \
+                 RETURNING job_done",
+            )
+            .bind::<diesel::sql_types::Uuid, _>(id)
+            .bind::<diesel::sql_types::BigInt, _>(generation)
+            .bind::<Text, _>(status.as_str())
+            .bind::<Text, _>(message)
+            .get_result(c)
+            .await
+            .optional()?)
         })?;
-        self.changed(n)
+        let Some(Ended { job_done }) = ended else {
+            return Err(JobError::Fenced(generation));
+        };
+        self.events.publish(id);
+        Ok(!job_done)
+    }
+
+    /// The export as it is now (for the webhook's event, which tells its latest state).
+    pub async fn current(&self) -> Result<ExportRecord, JobError> {
+        let id = self.fence.export_id;
+        retrying!(self, |c| {
+            Ok(exports::table
+                .find(id)
+                .select(ExportRecord::as_select())
+                .first(c)
+                .await?)
+        })
+    }
+
+    /// The webhook of a finished export waits for a replica that can send webhooks.
+    pub async fn await_webhooks(&self) -> Result<(), JobError> {
+        self.release_with(false, false).await
     }
 
     /// Every step has run: the job is done and its lease released.
@@ -515,10 +584,15 @@ impl JobWriter {
 
     async fn release_with(&self, done: bool, needs_mailer: bool) -> Result<(), JobError> {
         let n = retrying!(self, |c| {
-            // A job that is done stays done.
+            // A job that is done stays done; done, it owes no webhook.
             Ok(fenced!(self)
                 .filter(exports::job_done.eq(false))
                 .set((
+                    exports::webhook_due.eq(sql::<Nullable<Text>>(if done {
+                        "NULL"
+                    } else {
+                        "webhook_due"
+                    })),
                     exports::job_done.eq(done),
                     exports::needs_mailer.eq(needs_mailer),
                     exports::lease_owner.eq(None::<String>),

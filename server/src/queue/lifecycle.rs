@@ -26,8 +26,9 @@ struct Expired {
 
 /// Marks up to `limit` COMPLETED exports whose file is past `retention` (counted from
 /// `expires_at`, or for rows older than that column from `finished_at`) EXPIRED, their objects
-/// to sweep; returns how many. The generation goes up and the job ends, so that a run still
-/// sending the mail of such an export stops.
+/// to sweep; returns how many. The generation goes up and the job ends (or waits for a worker
+/// to tell the caller's webhook), so that a run still sending the mail of such an export
+/// stops.
 pub async fn expire(
     conn: &mut AsyncPgConnection,
     retention: Duration,
@@ -36,7 +37,9 @@ pub async fn expire(
     let expired: Vec<Expired> = diesel::sql_query(
         "UPDATE exports SET status = 'expired', objects_swept = false, \
          expires_at = coalesce(expires_at, finished_at + $1::interval), updated_at = now(), \
-         lease_generation = lease_generation + 1, job_done = true, needs_mailer = false, \
+         lease_generation = lease_generation + 1, needs_mailer = false, \
+         job_done = notify_url IS NULL, \
+         webhook_due = CASE WHEN notify_url IS NULL THEN NULL ELSE 'expired' END, \
          lease_owner = NULL, lease_expires_at = NULL \
          WHERE id IN (SELECT id FROM exports WHERE status = 'completed' \
            AND coalesce(expires_at, finished_at + $1::interval) < now() \

@@ -18,15 +18,18 @@ pub enum StepName {
     ResolveExportMetadata,
     StreamExport,
     SendNotification,
+    /// After the export ended: the caller's webhook, once per end it is told of.
+    SendWebhook,
 }
 
 impl StepName {
     /// Every step, in the order they run.
-    pub const ALL: [StepName; 4] = [
+    pub const ALL: [StepName; 5] = [
         StepName::ResolveTagFilter,
         StepName::ResolveExportMetadata,
         StepName::StreamExport,
         StepName::SendNotification,
+        StepName::SendWebhook,
     ];
 
     /// The stored (and shown) name.
@@ -36,6 +39,7 @@ impl StepName {
             StepName::ResolveExportMetadata => "resolve-export-metadata",
             StepName::StreamExport => "stream-export",
             StepName::SendNotification => "send-notification",
+            StepName::SendWebhook => "send-webhook",
         }
     }
 

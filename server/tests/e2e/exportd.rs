@@ -29,6 +29,8 @@ pub struct Replica {
     /// `EXPORTD_TEST_FAULTS`.
     pub faults: Option<String>,
     pub shutdown_timeout: &'static str,
+    /// `EXPORTD_WEBHOOK_SECRET` and `--webhook-allow`; none: the replica sends no webhooks.
+    pub webhooks: Option<(String, String)>,
 }
 
 impl Replica {
@@ -42,6 +44,7 @@ impl Replica {
             smtp: None,
             faults: None,
             shutdown_timeout: "10s",
+            webhooks: None,
         }
     }
 }
@@ -82,11 +85,19 @@ impl Exportd {
             .args(["--shutdown-timeout", replica.shutdown_timeout])
             .env("RUST_LOG", "info")
             .env_remove("EXPORTD_TEST_FAULTS")
+            .env_remove("EXPORTD_WEBHOOK_SECRET")
+            .env_remove("EXPORTD_WEBHOOK_ALLOW")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(smtp) = replica.smtp {
             command.arg("--smtp-url").arg(format!("smtp://{smtp}"));
+        }
+        if let Some((secret, prefix)) = &replica.webhooks {
+            command
+                .env("EXPORTD_WEBHOOK_SECRET", secret)
+                .arg("--webhook-allow")
+                .arg(prefix);
         }
         if let Some(faults) = &replica.faults {
             command.env("EXPORTD_TEST_FAULTS", faults);

@@ -14,6 +14,7 @@ use contact_export_server::janitor::JanitorConfig;
 use contact_export_server::mail::Mailer;
 use contact_export_server::pipeline::{FaultHooks, RetryPolicy};
 use contact_export_server::tls::TlsSettings;
+use contact_export_server::webhook::WebhookConfig;
 use contact_export_server::worker::WorkerConfig;
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use opendal::Operator;
@@ -185,6 +186,8 @@ pub struct AppOptions {
     pub hooks: FaultHooks,
     /// Retention and the janitor's pace.
     pub janitor: JanitorConfig,
+    /// Webhooks: off unless a test allows its receiver.
+    pub webhooks: WebhookConfig,
 }
 
 /// TLS for the service, and what its test clients use to connect.
@@ -238,6 +241,7 @@ impl Default for AppOptions {
             max_running_per_workspace: 2,
             hooks: FaultHooks::default(),
             janitor: JanitorConfig::new(Duration::from_secs(7 * 24 * 3600)),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -286,6 +290,7 @@ impl TestApp {
             shutdown_timeout: Duration::from_secs(20),
             hooks: options.hooks,
             janitor: options.janitor,
+            webhooks: options.webhooks,
         }
     }
 

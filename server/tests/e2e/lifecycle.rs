@@ -297,7 +297,11 @@ async fn a_signed_url_serves_the_file_from_s3_until_it_expires() {
     assert_eq!(status, 403, "{head}");
     let forged = {
         let at = signed.url.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
-        let flipped = if &signed.url[at..=at] == "0" { "1" } else { "0" };
+        let flipped = if &signed.url[at..=at] == "0" {
+            "1"
+        } else {
+            "0"
+        };
         format!("{}{flipped}{}", &signed.url[..at], &signed.url[at + 1..])
     };
     let (status, head, _) = http_get(&forged).await;

@@ -25,6 +25,9 @@ mod smtp_peer;
 mod tls;
 mod tokens;
 mod watch_download;
+#[path = "../peers/webhook_receiver.rs"]
+mod webhook_receiver;
+mod webhooks;
 
 use contact_export_client::{CreateExportRequest, CsvOptions, Export, ExportClient, ExportStatus};
 

@@ -15,6 +15,7 @@ use contact_export_server::janitor::JanitorConfig;
 use contact_export_server::mail::Mailer;
 use contact_export_server::pipeline::RetryPolicy;
 use contact_export_server::tls::{TlsArgs, TlsSettings};
+use contact_export_server::webhook::{WebhookArgs, WebhookConfig};
 use diesel_async::SimpleAsyncConnection;
 
 /// The database `dev` creates in its cluster.
@@ -39,6 +40,8 @@ pub struct DevArgs {
     pub jobs: JobArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 }
 
 /// Runs `dev` until Ctrl-C or SIGTERM.
@@ -111,6 +114,7 @@ async fn serve(
         shutdown_timeout: args.jobs.shutdown_timeout,
         hooks: args.jobs.hooks()?,
         janitor: JanitorConfig::new(args.jobs.retention),
+        webhooks: WebhookConfig::from_args(&args.webhooks)?,
     };
     let scheme = if settings.tls.is_some() {
         "https"

@@ -20,7 +20,9 @@ pub const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
 pub const FS_PARTIAL_DIR: &str = ".partial/";
 
 /// Builds an operator from a storage URI: `fs:///var/lib/exports`, `memory://`,
-/// `s3://bucket/prefix?region=…&endpoint=…`, or any scheme OpenDAL registers.
+/// `s3://bucket/prefix?region=…&endpoint=…`, or any scheme OpenDAL registers (`vercel-blob://`
+/// goes through [`crate::config::storage_operator`], which takes its token from the
+/// environment).
 pub fn operator_from_uri(uri: &str) -> Result<Operator, opendal::Error> {
     opendal::init_default_registry();
     Operator::from_uri(uri)
@@ -36,6 +38,18 @@ pub fn fs_operator(root: &std::path::Path) -> Result<Operator, opendal::Error> {
             ("root".to_owned(), root),
             ("atomic_write_dir".to_owned(), partial),
         ],
+    )
+}
+
+/// A Vercel Blob store: the one `token` (its read-write token) belongs to, every key under
+/// `root` (`/` for none, or `/exports` for a prefix). OpenDAL sends every call to
+/// `https://blob.vercel-storage.com` with `authorization: Bearer <token>`, and reads a blob from
+/// the public URL that its listing gives. The token is kept out of the operator's `Debug`.
+pub fn vercel_blob_operator(root: &str, token: &str) -> Result<Operator, opendal::Error> {
+    Operator::new(
+        opendal::services::VercelBlob::default()
+            .root(root)
+            .token(token),
     )
 }
 

@@ -19,6 +19,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
     /// Where files go: `fs:///path` (or a relative `fs://./exports`), `s3://bucket/prefix?region=…&endpoint=…`,
+    /// `vercel-blob://` (or `vercel-blob:///prefix`; the token from `BLOB_READ_WRITE_TOKEN`),
     /// `memory://`, or any other OpenDAL URI.
     #[arg(long, env = "EXPORTD_STORAGE", default_value = "fs://./exports")]
     pub storage: String,
@@ -130,6 +131,10 @@ pub fn redact_url(text: &str) -> String {
         if url.password().is_some() {
             let _ = url.set_password(Some("***"));
         }
+        // The user of a `vercel-blob://` URI could only be a token (which is refused).
+        if url.scheme() == VERCEL_BLOB_SCHEME && !url.username().is_empty() {
+            let _ = url.set_username("***");
+        }
         if url.query().is_some() {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
@@ -145,6 +150,18 @@ pub fn redact_url(text: &str) -> String {
             url.query_pairs_mut().clear().extend_pairs(pairs);
         }
         return url.to_string();
+    }
+    if let Some((scheme, rest)) = text.split_once("://") {
+        // Not a URI the url crate reads (`vercel-blob://token@/`, `postgres://u:pw@/db`): hide
+        // whatever user info it has.
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some((user_info, host)) = rest[..authority_end].rsplit_once('@') {
+            let user_info = match user_info.split_once(':') {
+                Some((user, _)) if scheme != VERCEL_BLOB_SCHEME => format!("{user}:***"),
+                _ => "***".to_owned(),
+            };
+            return format!("{scheme}://{user_info}@{host}{}", &rest[authority_end..]);
+        }
     }
     let mut out = Vec::new();
     for (key, value) in libpq_pairs(text) {
@@ -205,8 +222,12 @@ fn libpq_pairs(text: &str) -> Vec<(Option<&str>, &str)> {
 /// Errors in the configuration, each naming the flag.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `uri` without its secrets ([`redact_url`]).
     #[error("--storage {uri:?}: {source}")]
     Storage { uri: String, source: opendal::Error },
+    /// A `vercel-blob://` URI or token that cannot be used; the message never holds the token.
+    #[error("--storage vercel-blob://…: {0}")]
+    VercelBlob(String),
     #[error("--storage {uri:?}: cannot create the folder: {source}")]
     StorageFolder { uri: String, source: std::io::Error },
     #[error("--smtp-url: {0}")]
@@ -219,9 +240,30 @@ pub enum ConfigError {
     Webhooks(#[from] crate::webhook::WebhookConfigError),
 }
 
+/// The scheme of Vercel Blob storage URIs.
+const VERCEL_BLOB_SCHEME: &str = "vercel-blob";
+
+/// The environment variable that holds the read-write token of a `vercel-blob://` store (the
+/// name Vercel gives it); the only place the token is read from.
+pub const VERCEL_BLOB_TOKEN_ENV: &str = "BLOB_READ_WRITE_TOKEN";
+
 /// Builds the storage operator. `fs://` paths may be relative to the working directory and are
 /// created when missing.
+///
+/// `vercel-blob://` is the Vercel Blob store that the token in `BLOB_READ_WRITE_TOKEN` belongs
+/// to (the token names the store, so the URI has no host); `vercel-blob:///prefix` puts every
+/// key under `prefix/`. The URI holds nothing else: a token in it (as its user, or a `token`
+/// query parameter) is refused, so that it never shows in process listings, shell history or
+/// logs.
 pub fn storage_operator(uri: &str) -> Result<opendal::Operator, ConfigError> {
+    storage_operator_with_env(uri, |name| std::env::var_os(name))
+}
+
+/// [`storage_operator`] with the environment given (the unit tests' own).
+fn storage_operator_with_env(
+    uri: &str,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<opendal::Operator, ConfigError> {
     let fs_path = uri
         .strip_prefix("fs://")
         .or_else(|| uri.strip_prefix("file://"));
@@ -234,12 +276,93 @@ pub fn storage_operator(uri: &str) -> Result<opendal::Operator, ConfigError> {
                 })?;
             crate::storage::fs_operator(&root)
         }
+        None if is_vercel_blob(uri) => {
+            let root = vercel_blob_root(uri)?;
+            let token = vercel_blob_token(env(VERCEL_BLOB_TOKEN_ENV))?;
+            crate::storage::vercel_blob_operator(&root, &token)
+        }
         None => crate::storage::operator_from_uri(uri),
     };
     op.map_err(|source| ConfigError::Storage {
-        uri: uri.to_owned(),
+        uri: redact_url(uri),
         source,
     })
+}
+
+fn is_vercel_blob(uri: &str) -> bool {
+    uri.split_once(':')
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case(VERCEL_BLOB_SCHEME))
+}
+
+/// The root of a `vercel-blob://` URI: `/` or `/prefix`, percent-decoded.
+fn vercel_blob_root(uri: &str) -> Result<String, ConfigError> {
+    let refused = |reason: &str| Err(ConfigError::VercelBlob(reason.to_owned()));
+    let token_refused = || {
+        refused(&format!(
+            "a token in the URI is refused (it would show in process listings and logs): \
+             set {VERCEL_BLOB_TOKEN_ENV} instead"
+        ))
+    };
+    let shape = "write `vercel-blob://`, or `vercel-blob:///prefix` for a root prefix";
+    let Some((_, rest)) = uri.split_once("://") else {
+        return refused(shape);
+    };
+    // Looked at before parsing: `vercel-blob://token@/` is no URI the url crate reads.
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if authority.contains('@') {
+        return token_refused();
+    }
+    let Ok(url) = url::Url::parse(uri) else {
+        return refused(shape);
+    };
+    if url.host_str().is_some_and(|host| !host.is_empty()) || url.port().is_some() {
+        return refused(&format!(
+            "the URI names no host (the store is the one the token of {VERCEL_BLOB_TOKEN_ENV} \
+             belongs to): {shape}"
+        ));
+    }
+    if let Some(key) = url.query_pairs().map(|(key, _)| key).next() {
+        if key.to_ascii_lowercase().contains("token") {
+            return token_refused();
+        }
+        return refused(&format!("unknown option {key:?}: {shape}"));
+    }
+    if url.fragment().is_some() {
+        return refused(shape);
+    }
+    let root = percent_encoding::percent_decode_str(url.path())
+        .decode_utf8()
+        .map_err(|_| ConfigError::VercelBlob("the prefix is not UTF-8".to_owned()))?;
+    Ok(if root.is_empty() {
+        "/".to_owned()
+    } else {
+        root.into_owned()
+    })
+}
+
+/// The token of `BLOB_READ_WRITE_TOKEN`, checked (never echoed).
+fn vercel_blob_token(value: Option<std::ffi::OsString>) -> Result<String, ConfigError> {
+    let missing = format!(
+        "{VERCEL_BLOB_TOKEN_ENV} is not set: it holds the read-write token of the Blob store \
+         (Vercel: the store's settings, or `vercel env pull`)"
+    );
+    let value = value.ok_or_else(|| ConfigError::VercelBlob(missing))?;
+    let token = value.into_string().map_err(|_| {
+        ConfigError::VercelBlob(format!("{VERCEL_BLOB_TOKEN_ENV} is not valid UTF-8"))
+    })?;
+    if token.is_empty() {
+        return Err(ConfigError::VercelBlob(format!(
+            "{VERCEL_BLOB_TOKEN_ENV} is empty"
+        )));
+    }
+    // It goes into an HTTP header as it is.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::VercelBlob(format!(
+            "{VERCEL_BLOB_TOKEN_ENV} holds spaces, line breaks or other characters that no \
+             token has"
+        )));
+    }
+    Ok(token)
 }
 
 fn absolute_folder(path: &Path) -> std::io::Result<PathBuf> {
@@ -316,6 +439,142 @@ mod tests {
                 logged.contains("exportd"),
                 "the rest stays readable: {logged}"
             );
+        }
+    }
+
+    #[test]
+    fn redacts_tokens_of_vercel_blob_uris_and_user_info_the_url_crate_cannot_read() {
+        assert_eq!(
+            redact_url("vercel-blob://vercel_blob_rw_x@/p"),
+            "vercel-blob://***@/p"
+        );
+        assert_eq!(
+            redact_url("vercel-blob://vercel_blob_rw_x@host/p"),
+            "vercel-blob://***@host/p"
+        );
+        assert_eq!(
+            redact_url("vercel-blob://u:vercel_blob_rw_x@/p"),
+            "vercel-blob://***@/p"
+        );
+        assert_eq!(
+            redact_url("vercel-blob:///p?token=vercel_blob_rw_x"),
+            "vercel-blob:///p?token=***"
+        );
+        assert_eq!(redact_url("vercel-blob:///p"), "vercel-blob:///p");
+        assert_eq!(redact_url("postgres://u:pw@/db"), "postgres://u:***@/db");
+    }
+
+    /// The environment of a test: `BLOB_READ_WRITE_TOKEN` set to `token`, or unset.
+    fn env_with(token: Option<&str>) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+        let token = token.map(std::ffi::OsString::from);
+        move |name| {
+            assert_eq!(name, VERCEL_BLOB_TOKEN_ENV, "the only variable it reads");
+            token.clone()
+        }
+    }
+
+    fn vercel_blob_error(uri: &str, token: Option<&str>) -> String {
+        match storage_operator_with_env(uri, env_with(token)) {
+            Ok(op) => panic!("{uri} was accepted: {op:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const TOKEN: &str = "vercel_blob_rw_store_hunter2";
+
+    #[test]
+    fn a_vercel_blob_uri_holds_at_most_a_root_prefix() {
+        for (uri, root) in [
+            ("vercel-blob://", "/"),
+            ("vercel-blob:///", "/"),
+            ("vercel-blob:///exports", "/exports/"),
+            ("vercel-blob:///exports/prod/", "/exports/prod/"),
+            ("vercel-blob:///my%20exports", "/my exports/"),
+            ("VERCEL-BLOB:///exports", "/exports/"),
+        ] {
+            let op = storage_operator_with_env(uri, env_with(Some(TOKEN)))
+                .unwrap_or_else(|e| panic!("{uri}: {e}"));
+            assert_eq!(op.info().scheme(), "vercel-blob", "{uri}");
+            assert_eq!(op.info().root(), root, "{uri}");
+            let debug = format!("{op:?}");
+            assert!(!debug.contains("hunter2"), "{debug}");
+        }
+        for uri in [
+            "vercel-blob://store/exports",
+            "vercel-blob://:443/",
+            "vercel-blob:///exports?region=iad1",
+            "vercel-blob:///exports#x",
+            "vercel-blob:/exports",
+        ] {
+            let error = vercel_blob_error(uri, Some(TOKEN));
+            assert!(error.contains("vercel-blob:///prefix"), "{uri}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_token_in_a_vercel_blob_uri_is_refused_without_showing_it() {
+        for uri in [
+            "vercel-blob://vercel_blob_rw_store_hunter2@/",
+            "vercel-blob://vercel_blob_rw_store_hunter2@host/exports",
+            "vercel-blob://user:vercel_blob_rw_store_hunter2@/",
+            "vercel-blob:///exports?token=vercel_blob_rw_store_hunter2",
+            "vercel-blob:///?TOKEN=vercel_blob_rw_store_hunter2",
+        ] {
+            // Refused even with the variable set: the URI is no place for a secret.
+            for env in [Some(TOKEN), None] {
+                let error = vercel_blob_error(uri, env);
+                assert!(
+                    error.contains("a token in the URI is refused")
+                        && error.contains("BLOB_READ_WRITE_TOKEN"),
+                    "{uri}: {error}"
+                );
+                assert!(!error.contains("hunter2"), "{error}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_vercel_blob_token_comes_from_blob_read_write_token() {
+        let error = vercel_blob_error("vercel-blob://", None);
+        assert_eq!(
+            error,
+            "--storage vercel-blob://…: BLOB_READ_WRITE_TOKEN is not set: it holds the \
+             read-write token of the Blob store (Vercel: the store's settings, or `vercel env pull`)"
+        );
+        let error = vercel_blob_error("vercel-blob:///exports", Some(""));
+        assert!(error.ends_with("BLOB_READ_WRITE_TOKEN is empty"), "{error}");
+        for bad in ["vercel_blob_rw_hunter2\n", " vercel_blob_rw_hunter2", "a b"] {
+            let error = vercel_blob_error("vercel-blob://", Some(bad));
+            assert!(
+                error.contains("BLOB_READ_WRITE_TOKEN holds spaces"),
+                "{bad:?}: {error}"
+            );
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_start_up_log_shows_no_vercel_blob_token() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        for storage in [
+            "vercel-blob://vercel_blob_rw_store_hunter2@/",
+            "vercel-blob:///exports?token=vercel_blob_rw_store_hunter2",
+        ] {
+            let cli = <Cli as clap::Parser>::try_parse_from([
+                "exportd",
+                "--database-url",
+                "postgres://db/crm",
+                "--storage",
+                storage,
+            ])
+            .unwrap();
+            let logged = format!("{:?}", cli.serve);
+            assert!(!logged.contains("hunter2"), "{logged}");
+            assert!(logged.contains("vercel-blob://"), "{logged}");
         }
     }
 

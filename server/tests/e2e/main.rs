@@ -24,6 +24,8 @@ mod s3_peer;
 mod smtp_peer;
 mod tls;
 mod tokens;
+mod vercel_blob;
+mod vercel_blob_peer;
 mod watch_download;
 #[path = "../peers/webhook_receiver.rs"]
 mod webhook_receiver;

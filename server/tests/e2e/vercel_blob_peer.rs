@@ -100,6 +100,7 @@ struct State {
     completed: Vec<(String, usize)>,
     refusals: Vec<String>,
     ranged_reads: usize,
+    list_calls: usize,
     /// Uploads of this part number fail with 500 (a fault on purpose).
     failing_part: Option<usize>,
 }
@@ -246,6 +247,12 @@ impl VercelBlobPeer {
     /// Reads of a blob that carried a `Range`.
     pub fn ranged_reads(&self) -> usize {
         self.state.lock().unwrap().ranged_reads
+    }
+
+    /// List calls (OpenDAL lists a pathname to find its URL before each read, stat and
+    /// delete).
+    pub fn list_calls(&self) -> usize {
+        self.state.lock().unwrap().list_calls
     }
 
     /// From now on, every upload of part `number` of a multipart upload fails with 500.
@@ -507,7 +514,8 @@ fn check_no_random_suffix(call: &Call) -> Result<(), Refusal> {
     }
 }
 
-fn list(state: &State, call: &Call) -> Answer {
+fn list(state: &mut State, call: &Call) -> Answer {
+    state.list_calls += 1;
     for (key, _) in &call.query {
         if !matches!(key.as_str(), "prefix" | "limit" | "cursor") {
             return Err(bad_request(format!("unknown list option {key}")));

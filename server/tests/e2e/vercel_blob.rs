@@ -216,6 +216,53 @@ async fn deleting_through_the_operator_removes_the_blob() {
     assert_eq!(peer.refusals(), Vec::<String>::new(), "no wrong call");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_export_removes_the_blob_and_no_download_url_is_signed() {
+    let peer = VercelBlobPeer::start().await;
+    let app = TestApp::spawn_with(AppOptions {
+        storage: peer.operator(),
+        ..AppOptions::default()
+    })
+    .await;
+    let contacts: Vec<Contact> = (1..=20).map(Contact::numbered).collect();
+    app.ws.insert(&app.db, &contacts).await;
+    let export = run_export(&app.ws.client, all_contacts()).await;
+    assert_eq!(export.status(), ExportStatus::Completed, "{export:?}");
+    let key = app.storage_key(&export.id).await;
+    assert_eq!(
+        peer.objects(),
+        BTreeMap::from([(key, export.size_bytes as u64)])
+    );
+    assert!(peer.multipart_uploads().is_empty(), "a small file: one put");
+
+    // OpenDAL's vercel_blob cannot presign: DownloadExport is the way.
+    let refused = app
+        .ws
+        .client
+        .download_url(&export.id, None)
+        .await
+        .expect_err("no signed URL");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("(vercel-blob) cannot sign"),
+        "{refused:?}"
+    );
+
+    let deleted = app
+        .ws
+        .client
+        .delete(&export.id)
+        .await
+        .expect("DeleteExport");
+    assert_eq!(deleted.status(), ExportStatus::Deleted);
+    assert!(peer.objects().is_empty(), "{:?}", peer.objects());
+    assert_eq!(peer.refusals(), Vec::<String>::new(), "no wrong call");
+}
+
 /// What the peer checks, asked directly: each wrong call is answered with an error status
 /// (and recorded), so that OpenDAL sending it would fail a test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

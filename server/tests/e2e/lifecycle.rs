@@ -1,6 +1,7 @@
 //! Where files go and when: retention (EXPIRED), DeleteExport, signed download URLs, and that
 //! every export that ends without a file (failed, cancelled, expired, deleted) leaves no
-//! object in the store: `fs`, and the S3 server of the tests (multipart uploads included).
+//! object in the store: `fs`, the S3 server of the tests (multipart uploads included) and the
+//! Vercel Blob peer.
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tonic::Code;
 use super::fixture::{Contact, Workspace};
 use super::harness::{AppOptions, TestApp, objects_of, within};
 use super::s3_peer::S3Peer;
+use super::vercel_blob_peer::VercelBlobPeer;
 use super::{all_contacts, download_all, run_export};
 
 /// Polls `GetExport` until the export is `status` (retention has no stream to wait on).
@@ -356,6 +358,7 @@ async fn stores_that_cannot_sign_refuse_a_download_url() {
 enum Store {
     Fs(tempfile::TempDir),
     S3(S3Peer),
+    VercelBlob(VercelBlobPeer),
 }
 
 impl Store {
@@ -363,10 +366,11 @@ impl Store {
         match self {
             Store::Fs(dir) => contact_export_server::storage::fs_operator(dir.path()).unwrap(),
             Store::S3(peer) => peer.operator(),
+            Store::VercelBlob(peer) => peer.operator(),
         }
     }
 
-    /// Every object, and (S3) whether a multipart upload was left unfinished.
+    /// Every object, and (S3) how many multipart uploads were left unfinished.
     fn contents(&self) -> (Vec<String>, usize) {
         match self {
             Store::Fs(dir) => {
@@ -377,6 +381,9 @@ impl Store {
                 (files, 0)
             }
             Store::S3(peer) => (peer.objects(), peer.unfinished_uploads()),
+            // Vercel Blob has no abort: a multipart upload that never completes is no blob (it
+            // cannot be listed or read); `vercel_blob.rs` counts what such failures leave.
+            Store::VercelBlob(peer) => (peer.objects().into_keys().collect(), 0),
         }
     }
 }
@@ -424,10 +431,12 @@ async fn exports_that_end_without_a_file_leave_nothing_in_any_store() {
     for store in [
         Store::Fs(tempfile::tempdir().unwrap()),
         Store::S3(S3Peer::start("exports").await),
+        Store::VercelBlob(VercelBlobPeer::start().await),
     ] {
         let kind = match &store {
             Store::Fs(_) => "fs",
             Store::S3(_) => "s3",
+            Store::VercelBlob(_) => "vercel-blob",
         };
         // Failed mid-upload: the last contact cannot be exported.
         let app = TestApp::spawn_with(AppOptions {

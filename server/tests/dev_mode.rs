@@ -34,6 +34,7 @@ fn start_dev_with(data_dir: &Path, seed: u64, extra: &[&OsStr]) -> (Child, Ready
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
+        .env_remove("EXPORTD_STORAGE")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -198,7 +199,7 @@ async fn dev_serves_exports_restarts_on_its_data_and_stops_cleanly() {
 mod pki;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_serves_tls_with_the_certificate_it_is_given() {
+async fn dev_serves_tls_with_the_certificate_it_is_given_and_stores_where_told() {
     let root = tempfile::tempdir().unwrap();
     // Enterable by the postgres user, so the cluster stays inside.
     std::fs::set_permissions(
@@ -220,8 +221,13 @@ async fn dev_serves_tls_with_the_certificate_it_is_given() {
     );
     let client_ca = write("client-ca.pem", &ca.pem);
     let data_dir = root.path().join("data");
+    // Files in a store of the caller's choice rather than under the data folder.
+    let store = root.path().join("store");
+    let storage = format!("fs://{}", store.display());
 
     let args = [
+        OsStr::new("--storage"),
+        OsStr::new(&storage),
         OsStr::new("--tls-cert"),
         cert.as_os_str(),
         OsStr::new("--tls-key"),
@@ -253,6 +259,9 @@ async fn dev_serves_tls_with_the_certificate_it_is_given() {
         .unwrap();
     assert_eq!(done.status(), ExportStatus::Completed);
     assert_eq!(done.total_rows, 5);
+    let workspace_dirs = std::fs::read_dir(store.join("exports")).unwrap().count();
+    assert_eq!(workspace_dirs, 1, "the file went to --storage");
+    assert!(!data_dir.join("files").join("exports").exists());
 
     let postgres = postmaster_pid(&data_dir);
     // SAFETY: plain signal to our own child.

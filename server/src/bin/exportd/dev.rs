@@ -33,6 +33,10 @@ pub struct DevArgs {
     /// Serve Prometheus metrics at `http://ADDR/metrics` (plain HTTP). Unset: no endpoint.
     #[arg(long, env = "EXPORTD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where files go, as `serve --storage` takes it (`s3://…`, `vercel-blob://`…). Unset:
+    /// the `files` folder of the data folder.
+    #[arg(long, env = "EXPORTD_STORAGE", value_name = "URI")]
+    pub storage: Option<String>,
     /// Contacts to seed in the demo workspace (only when the data folder is new).
     #[arg(long, default_value_t = 10_000)]
     pub seed_contacts: u64,
@@ -99,7 +103,10 @@ async fn serve(
     std::fs::create_dir_all(&mail_dir)?;
     let settings = Settings {
         database_url: database_url.clone(),
-        storage: storage_operator(&format!("fs://{}", data_dir.join("files").display()))?,
+        storage: match &args.storage {
+            Some(uri) => storage_operator(uri)?,
+            None => storage_operator(&format!("fs://{}", data_dir.join("files").display()))?,
+        },
         mailer: Some(Mailer::from_url(
             &format!("file://{}", mail_dir.display()),
             "Contact Export <exports@localhost>",

@@ -11,9 +11,6 @@
 use crate::ids::{ExportId, WorkspaceId};
 use opendal::Operator;
 
-/// Content type of every export file.
-pub const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
-
 /// The folder, relative to an `fs` store's root, where files are written before they are
 /// renamed to their key (OpenDAL's `atomic_write_dir`): a file appears at its key only whole,
 /// and an aborted one is removed.

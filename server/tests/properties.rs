@@ -11,9 +11,10 @@
 
 use chrono::{DateTime, Datelike as _, SecondsFormat, Utc};
 use contact_export_server::exports::filename::{MAX_FILENAME_BYTES, sanitize_filename};
-use contact_export_server::pipeline::csv::{
-    ContactRow, CsvEncoder, CsvOptions, Delimiter, FIXED_COLUMNS, LineEnding, UTF8_BOM,
-};
+use contact_export_server::exports::{CsvOptions, Delimiter, LineEnding};
+use contact_export_server::pipeline::format::columns::FIXED_COLUMNS;
+use contact_export_server::pipeline::format::csv::{CsvEncoder, UTF8_BOM};
+use contact_export_server::pipeline::format::row::ContactRow;
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Map, Number, Value};

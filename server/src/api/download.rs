@@ -14,7 +14,6 @@ use super::{ExportApi, ResponseStream, status};
 use crate::auth::Principal;
 use crate::exports::filename::content_disposition;
 use crate::exports::{ExportRecord, ExportStatus, repo};
-use crate::storage::CSV_CONTENT_TYPE;
 
 /// Largest data message: well under tonic's 4 MiB default limit, large enough to stream fast.
 pub const MAX_CHUNK: usize = 256 << 10;
@@ -94,7 +93,7 @@ impl ExportApi {
             filename: record.filename.clone(),
             size_bytes: size as i64,
             sha256: sha256.to_owned(),
-            content_type: CSV_CONTENT_TYPE.to_owned(),
+            content_type: content_type(&record).to_owned(),
         };
 
         let (tx, rx) = mpsc::channel::<Result<DownloadExportResponse, Status>>(2);
@@ -160,6 +159,16 @@ impl ExportApi {
 
 /// The object, size and SHA-256 of a COMPLETED export; FAILED_PRECONDITION, saying why, for
 /// any other.
+/// The media type of an export's stored file (its format's, or its compressor's).
+pub(super) fn content_type(record: &ExportRecord) -> &'static str {
+    match record.options() {
+        Ok(options) => options.content_type(),
+        // A completed export's options were read to write its file; should they no longer
+        // read, its bytes are still bytes.
+        Err(_) => "application/octet-stream",
+    }
+}
+
 pub(super) fn completed_file(record: &ExportRecord) -> Result<(&str, i64, &str), Status> {
     let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
         at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))

@@ -7,13 +7,12 @@ use chrono::Utc;
 use contact_export::v1::{ExportDownloadUrl, ExportFileMetadata};
 use tonic::{Response, Status};
 
-use super::download::completed_file;
+use super::download::{completed_file, content_type};
 use super::{ExportApi, status};
 use crate::auth::Principal;
 use crate::exports::filename::content_disposition;
 use crate::exports::repo;
 use crate::ids::ExportId;
-use crate::storage::CSV_CONTENT_TYPE;
 
 /// Without `expire_in`.
 const DEFAULT: Duration = Duration::from_secs(15 * 60);
@@ -69,7 +68,7 @@ impl ExportApi {
             .storage
             .presign_read_with(key, expire)
             .override_content_disposition(&content_disposition(&record.filename))
-            .override_content_type(CSV_CONTENT_TYPE)
+            .override_content_type(content_type(&record))
             .await
             .map_err(status::internal)?;
         let expire_time = now + chrono::TimeDelta::from_std(expire).unwrap_or_default();
@@ -83,7 +82,7 @@ impl ExportApi {
                 filename: record.filename.clone(),
                 size_bytes: size,
                 sha256: sha256.to_owned(),
-                content_type: CSV_CONTENT_TYPE.to_owned(),
+                content_type: content_type(&record).to_owned(),
             }),
         }))
     }

@@ -7,6 +7,7 @@ mod auth;
 mod convert;
 mod download;
 mod download_url;
+mod dry_run;
 mod shared_read;
 mod status;
 mod watch;
@@ -108,10 +109,13 @@ impl ExportService for ExportApi {
             &req.tag_ids,
             &req.filename,
             &req.request_id,
-            convert::options_from_proto(req.csv_options.as_ref())?,
+            convert::options_from_request(&req)?,
             chrono::Utc::now(),
         )?;
         new.notify_url = notify_url;
+        if req.validate_only {
+            return self.dry_run(principal, new).await.map(Response::new);
+        }
         let record = repo::create(
             &mut *self.conn().await?,
             principal,

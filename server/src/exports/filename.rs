@@ -1,5 +1,6 @@
 //! The download filename of an export: whatever the caller asked for, made into one safe path
-//! component that ends in `.csv`.
+//! component that ends in the file's extension (`.csv` by default; `.jsonl`, `.xlsx`, and
+//! `.gz` or `.zst` after it when compressed).
 //!
 //! Sanitising is total: every input gives a usable name, so a bad filename never fails a
 //! request. In order:
@@ -19,12 +20,14 @@
 //!    `NUL`, `COM0`–`COM9`, `LPT0`–`LPT9`, also with `¹²³`, `CONIN$`, `CONOUT$`; any case) gets
 //!    a leading `_`: the file is downloaded to people's machines, where Windows refuses to
 //!    create such a file whatever its extension. A cheap prefix rather than a full rule set.
-//! 5. `.csv` is appended unless the name already ends in it, in any case (`Report.CSV` stays).
+//! 5. The extension is appended unless the name already ends in it, in any case (`Report.CSV`
+//!    stays). A compressed file's name that ends in the format's part only gets the rest
+//!    (`report.csv` becomes `report.csv.gz`).
 //! 6. The name is cut to at most [`MAX_FILENAME_BYTES`] bytes of UTF-8 including the suffix
 //!    (most filesystems allow 255; the rest is headroom for a browser's ` (1)`), on a char
 //!    boundary, keeping the suffix.
 //! 7. When nothing is left of the name but the suffix, it is [`default_filename`]:
-//!    `contacts-YYYYMMDD-HHMMSS.csv` at the request time in UTC.
+//!    `contacts-YYYYMMDD-HHMMSS.<extension>` at the request time in UTC.
 
 use chrono::{DateTime, Utc};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -32,17 +35,33 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 /// The longest filename produced, in bytes of UTF-8, `.csv` included.
 pub const MAX_FILENAME_BYTES: usize = 200;
 
-const SUFFIX: &str = ".csv";
-
 /// The name used when the caller gave none (or nothing usable): `contacts-YYYYMMDD-HHMMSS.csv`
 /// in UTC.
 pub fn default_filename(now: DateTime<Utc>) -> String {
-    format!("contacts-{}.csv", now.format("%Y%m%d-%H%M%S"))
+    default_filename_with(now, "csv")
+}
+
+fn default_filename_with(now: DateTime<Utc>, extension: &str) -> String {
+    format!("contacts-{}.{extension}", now.format("%Y%m%d-%H%M%S"))
 }
 
 /// Makes `requested` a safe single-component `.csv` filename by the rules in the module docs;
 /// `now` names the file when nothing usable was requested.
 pub fn sanitize_filename(requested: &str, now: DateTime<Utc>) -> String {
+    sanitize_filename_with(requested, now, "csv")
+}
+
+/// The part of `name` that ends in `suffix`, in any case, split off.
+fn split_suffix<'a>(name: &'a str, suffix: &str) -> Option<(&'a str, &'a str)> {
+    let at = name.len().checked_sub(suffix.len())?;
+    name.get(at..)
+        .filter(|s| s.eq_ignore_ascii_case(suffix))
+        .map(|s| (&name[..at], s))
+}
+
+/// [`sanitize_filename`] for a file whose extension is `extension` (`csv`, `jsonl.gz`…,
+/// without a leading dot).
+pub fn sanitize_filename_with(requested: &str, now: DateTime<Utc>, extension: &str) -> String {
     let cleaned: String = requested
         .chars()
         .filter(|&c| !is_hidden_char(c))
@@ -58,17 +77,21 @@ pub fn sanitize_filename(requested: &str, now: DateTime<Utc>) -> String {
 
     // The suffix is split off before dots are stripped so that `.csv` alone counts as empty
     // rather than becoming `csv.csv`.
-    let (stem, suffix) = match name.len().checked_sub(SUFFIX.len()).and_then(|at| {
-        name.get(at..)
-            .filter(|s| s.eq_ignore_ascii_case(SUFFIX))
-            .map(|s| (&name[..at], s))
-    }) {
-        Some((stem, suffix)) => (stem, suffix),
-        None => (name, SUFFIX),
+    let full = format!(".{extension}");
+    let (stem, suffix) = match split_suffix(name, &full) {
+        Some((stem, suffix)) => (stem, suffix.to_owned()),
+        None => match extension.split_once('.') {
+            // `report.csv` of a gzipped CSV: only `.gz` is missing.
+            Some((format, compressed)) => match split_suffix(name, &format!(".{format}")) {
+                Some((stem, written)) => (stem, format!("{written}.{compressed}")),
+                None => (name, full),
+            },
+            None => (name, full),
+        },
     };
     let stem = stem.trim_start_matches(|c: char| c == '.' || c.is_whitespace());
     if stem.is_empty() {
-        return default_filename(now);
+        return default_filename_with(now, extension);
     }
 
     let mut out = String::with_capacity(MAX_FILENAME_BYTES);
@@ -77,7 +100,7 @@ pub fn sanitize_filename(requested: &str, now: DateTime<Utc>) -> String {
     }
     let room = MAX_FILENAME_BYTES - suffix.len() - out.len();
     out.push_str(&stem[..floor_char_boundary(stem, room)]);
-    out.push_str(suffix);
+    out.push_str(&suffix);
     out
 }
 
@@ -345,7 +368,27 @@ mod tests {
             assert!(!out.starts_with('.'), "{input:?}");
             assert!(!out.chars().any(is_hidden_char), "{input:?}");
             assert!(out.to_ascii_lowercase().ends_with(".csv"), "{input:?}");
-            assert!(out.len() > SUFFIX.len(), "{input:?}");
+            assert!(out.len() > ".csv".len(), "{input:?}");
         }
+    }
+
+    #[test]
+    fn other_formats_and_compressions_get_their_extension() {
+        let now = chrono::Utc.with_ymd_and_hms(2024, 5, 1, 9, 8, 7).unwrap();
+        let s = |name: &str, ext: &str| sanitize_filename_with(name, now, ext);
+        assert_eq!(s("", "jsonl"), "contacts-20240501-090807.jsonl");
+        assert_eq!(s("", "xlsx.zst"), "contacts-20240501-090807.xlsx.zst");
+        assert_eq!(s("report", "jsonl"), "report.jsonl");
+        assert_eq!(s("report.JSONL", "jsonl"), "report.JSONL");
+        assert_eq!(s("report.csv", "jsonl"), "report.csv.jsonl");
+        assert_eq!(s("report", "csv.gz"), "report.csv.gz");
+        assert_eq!(s("report.csv", "csv.gz"), "report.csv.gz");
+        assert_eq!(s("report.CSV.GZ", "csv.gz"), "report.CSV.GZ");
+        assert_eq!(s("report.gz", "csv.gz"), "report.gz.csv.gz");
+        assert_eq!(s(".csv", "csv.gz"), "contacts-20240501-090807.csv.gz");
+        let long = "x".repeat(300);
+        let cut = s(&long, "jsonl.zst");
+        assert_eq!(cut.len(), MAX_FILENAME_BYTES);
+        assert!(cut.ends_with(".jsonl.zst"));
     }
 }

@@ -19,7 +19,9 @@ pub struct RequestParams {
     /// As the caller sent it, before sanitising: an empty one stands for "a timestamped name",
     /// which is the same request a minute later although the name it yields is not.
     pub filename: String,
-    /// Resolved, so that absent options and explicit defaults are the same request.
+    /// Resolved, so that absent options and explicit defaults are the same request: the CSV's
+    /// own options and every other shape and filter field (stored under this name since the
+    /// CSV options were all there was; keys stored then read with the defaults of the rest).
     pub csv_options: ExportOptions,
     /// As checked (normalised by URL parsing); absent in keys stored before webhooks.
     pub notify_url: Option<String>,
@@ -52,8 +54,34 @@ impl RequestParams {
         if self.filename != other.filename {
             fields.push("filename");
         }
-        if self.csv_options != other.csv_options {
-            fields.push("csv_options");
+        let (mine, theirs) = (&self.csv_options, &other.csv_options);
+        let (filter, other_filter) = (&mine.filter, &theirs.filter);
+        for (field, differs) in [
+            ("csv_options", mine.csv != theirs.csv),
+            ("format", mine.format != theirs.format),
+            ("compression", mine.compression != theirs.compression),
+            ("columns", mine.columns != theirs.columns),
+            ("tag_match", filter.tag_match != other_filter.tag_match),
+            (
+                "exclude_tag_ids",
+                sorted(&filter.exclude_tag_ids) != sorted(&other_filter.exclude_tag_ids),
+            ),
+            (
+                "created_after",
+                filter.created_after != other_filter.created_after,
+            ),
+            (
+                "created_before",
+                filter.created_before != other_filter.created_before,
+            ),
+            (
+                "subscribed_only",
+                filter.subscribed_only != other_filter.subscribed_only,
+            ),
+        ] {
+            if differs {
+                fields.push(field);
+            }
         }
         if self.notify_url != other.notify_url {
             fields.push("notify_url");
@@ -64,6 +92,14 @@ impl RequestParams {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("request parameters serialise")
     }
+}
+
+/// Tag ids as a set.
+fn sorted(ids: &[Uuid]) -> Vec<Uuid> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Decides whether a call may replay the export `first_id` made earlier under `request_id`:
@@ -142,10 +178,32 @@ mod tests {
     fn csv_options_compare_resolved() {
         let first = params(&[], "f");
         let mut again = first.clone();
-        again.csv_options.neutralize_formulas = false;
+        again.csv_options.csv.neutralize_formulas = false;
         assert_eq!(first.differences(&again), ["csv_options"]);
         again.csv_options = ExportOptions::default();
         assert!(first.differences(&again).is_empty());
+    }
+
+    #[test]
+    fn shape_and_filters_are_named_one_by_one() {
+        let first = params(&[], "f");
+        let mut again = first.clone();
+        again.csv_options.format = super::super::ExportFormat::Jsonl;
+        again.csv_options.filter.subscribed_only = true;
+        again.csv_options.filter.exclude_tag_ids = vec![tag(2), tag(1)];
+        assert_eq!(
+            first.differences(&again),
+            ["format", "exclude_tag_ids", "subscribed_only"]
+        );
+        let mut reordered = again.clone();
+        reordered.csv_options.filter.exclude_tag_ids = vec![tag(1), tag(2), tag(1)];
+        assert!(again.differences(&reordered).is_empty(), "a set");
+        // A key stored before these fields existed reads with their defaults.
+        let old: RequestParams = serde_json::from_value(serde_json::json!({
+            "tag_ids": [], "filename": "f", "csv_options": {"neutralize_formulas": true}
+        }))
+        .unwrap();
+        assert!(old.differences(&first).is_empty());
     }
 
     #[test]

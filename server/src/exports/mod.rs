@@ -6,19 +6,21 @@ pub mod error;
 pub mod filename;
 pub mod idempotency;
 pub mod new_export;
+pub mod options;
 pub mod repo;
 
 pub use error::ExportError;
 pub use new_export::NewExport;
+pub use options::{
+    ColumnList, ColumnName, Compression, CsvOptions, Delimiter, ExportFormat, ExportOptions,
+    Filter, FixedColumn, LineEnding, TagMatch,
+};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use crate::ids::{ExportId, UserId, WorkspaceId};
-
-pub use crate::pipeline::csv::{Delimiter, LineEnding};
 
 /// Where an export is in its life. Stored in `exports.status` as [`ExportStatus::as_str`]:
 /// this type is the one place that maps the two.
@@ -111,32 +113,6 @@ impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::pg::Pg> for E
     }
 }
 
-/// Per-export options, stored as JSON in `exports.options`. Every field has a default, so a
-/// row written before a field existed reads with that field's default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ExportOptions {
-    /// Prefix cells a spreadsheet would run as a formula with `'` (on by default).
-    pub neutralize_formulas: bool,
-    /// Field delimiter (comma by default).
-    pub delimiter: Delimiter,
-    /// Start the file with a UTF-8 byte order mark (off by default).
-    pub include_bom: bool,
-    /// Record terminator (LF by default).
-    pub line_ending: LineEnding,
-}
-
-impl Default for ExportOptions {
-    fn default() -> Self {
-        ExportOptions {
-            neutralize_formulas: true,
-            delimiter: Delimiter::default(),
-            include_bom: false,
-            line_ending: LineEnding::default(),
-        }
-    }
-}
-
 /// A row of `exports`, as callers see it (the lease columns stay inside the worker).
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = crate::db::schema::exports, check_for_backend(diesel::pg::Pg))]
@@ -190,50 +166,5 @@ impl ExportRecord {
             export: self.id,
             source,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn options_of_an_older_row_read_with_the_new_defaults() {
-        let old: ExportOptions =
-            serde_json::from_value(json!({"neutralize_formulas": false})).unwrap();
-        assert_eq!(
-            old,
-            ExportOptions {
-                neutralize_formulas: false,
-                ..ExportOptions::default()
-            }
-        );
-        let empty: ExportOptions = serde_json::from_value(json!({})).unwrap();
-        assert_eq!(empty, ExportOptions::default());
-    }
-
-    #[test]
-    fn options_are_stored_by_name() {
-        let options = ExportOptions {
-            neutralize_formulas: true,
-            delimiter: Delimiter::Semicolon,
-            include_bom: true,
-            line_ending: LineEnding::Crlf,
-        };
-        let stored = serde_json::to_value(options).unwrap();
-        assert_eq!(
-            stored,
-            json!({
-                "neutralize_formulas": true,
-                "delimiter": "semicolon",
-                "include_bom": true,
-                "line_ending": "crlf",
-            })
-        );
-        assert_eq!(
-            serde_json::from_value::<ExportOptions>(stored).unwrap(),
-            options
-        );
     }
 }

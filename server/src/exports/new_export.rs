@@ -3,14 +3,17 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::filename::sanitize_filename;
+use super::filename::sanitize_filename_with;
 use super::idempotency::RequestParams;
-use super::{ExportError, ExportOptions};
+use super::{ColumnName, ExportError, ExportOptions, TagMatch};
 
 /// At most this many tag ids in one request.
 pub const MAX_TAG_IDS: usize = 1_000;
 /// At most this many bytes of idempotency key.
 pub const MAX_REQUEST_ID_BYTES: usize = 200;
+/// At most this many columns in a list, and bytes in a custom key's name.
+pub const MAX_COLUMNS: usize = 1_000;
+pub const MAX_KEY_BYTES: usize = 1_000;
 
 /// What a caller asked for, checked and normalised (tag existence is checked by the query that
 /// creates the export, inside its transaction).
@@ -68,9 +71,10 @@ impl NewExport {
             }
             r => Some(r.to_owned()),
         };
+        check_options(&options, &parsed)?;
         Ok(NewExport {
             tag_ids: parsed,
-            filename: sanitize_filename(filename, now),
+            filename: sanitize_filename_with(filename, now, &options.extension()),
             requested_filename: filename.to_owned(),
             request_id,
             options,
@@ -83,10 +87,69 @@ impl NewExport {
         RequestParams::new(
             &self.tag_ids,
             &self.requested_filename,
-            self.options,
+            self.options.clone(),
             self.notify_url.as_deref(),
         )
     }
+}
+
+/// The rules on options that the fields' own parsing cannot check: each names its field.
+fn check_options(options: &ExportOptions, tag_ids: &[Uuid]) -> Result<(), ExportError> {
+    if let Some(list) = &options.columns {
+        if list.columns.len() > MAX_COLUMNS {
+            return Err(ExportError::invalid(
+                "columns",
+                format!("at most {MAX_COLUMNS} columns, got {}", list.columns.len()),
+            ));
+        }
+        for (i, column) in list.columns.iter().enumerate() {
+            if let ColumnName::Custom(key) = column
+                && key.len() > MAX_KEY_BYTES
+            {
+                return Err(ExportError::invalid(
+                    "columns",
+                    format!("a custom key is at most {MAX_KEY_BYTES} bytes"),
+                ));
+            }
+            if list.columns[..i].contains(column) {
+                return Err(ExportError::invalid(
+                    "columns",
+                    format!("{:?} is listed twice", column.as_api()),
+                ));
+            }
+        }
+    }
+    let filter = &options.filter;
+    if filter.tag_match == TagMatch::All && tag_ids.is_empty() {
+        return Err(ExportError::invalid(
+            "tag_match",
+            "TAG_MATCH_ALL needs tag_ids to match",
+        ));
+    }
+    if filter.exclude_tag_ids.len() > MAX_TAG_IDS {
+        return Err(ExportError::invalid(
+            "exclude_tag_ids",
+            format!(
+                "at most {MAX_TAG_IDS} tag ids, got {}",
+                filter.exclude_tag_ids.len()
+            ),
+        ));
+    }
+    if let Some(both) = filter.exclude_tag_ids.iter().find(|t| tag_ids.contains(t)) {
+        return Err(ExportError::invalid(
+            "exclude_tag_ids",
+            format!("{both} is also in tag_ids"),
+        ));
+    }
+    if let (Some(after), Some(before)) = (filter.created_after, filter.created_before)
+        && after >= before
+    {
+        return Err(ExportError::invalid(
+            "created_before",
+            format!("{before:?} is not after created_after {after:?}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -35,27 +35,7 @@ pub async fn create(
             check_replay(request_id, existing.id, stored.as_ref(), &params)?;
             return Ok(existing);
         }
-        if !new.tag_ids.is_empty() {
-            let known: Vec<Uuid> = tags::table
-                .filter(tags::workspace_id.eq(principal.workspace_id))
-                .filter(tags::id.eq_any(&new.tag_ids))
-                .select(tags::id)
-                .load(conn)
-                .await?;
-            if let Some(unknown) = new.tag_ids.iter().find(|id| !known.contains(id)) {
-                return Err(ExportError::invalid(
-                    "tag_ids",
-                    format!("no tag {unknown} in this workspace"),
-                ));
-            }
-        }
-        let queued = count_queued(conn, principal.workspace_id).await?;
-        if queued >= i64::from(max_queued) {
-            return Err(ExportError::ResourceExhausted(format!(
-                "this workspace has {queued} exports queued or running and may have at most \
-                 {max_queued}; wait for some to finish or cancel some, then retry"
-            )));
-        }
+        check_new(conn, principal.workspace_id, &new, max_queued).await?;
         let inserted: Option<ExportRecord> = diesel::insert_into(exports::table)
             .values((
                 exports::id.eq(ExportId::new_random()),
@@ -64,7 +44,7 @@ pub async fn create(
                 exports::status.eq(ExportStatus::Pending),
                 exports::filename.eq(&new.filename),
                 exports::tag_ids.eq(&new.tag_ids),
-                exports::options.eq(serde_json::to_value(new.options).expect("options serialise")),
+                exports::options.eq(serde_json::to_value(&new.options).expect("options serialise")),
                 exports::request_id.eq(&new.request_id),
                 exports::request.eq(new.request_id.as_ref().map(|_| params.to_json())),
                 exports::notify_url.eq(&new.notify_url),
@@ -93,6 +73,45 @@ pub async fn create(
         }
     })
     .await
+}
+
+/// What a new export needs of the database: its tags (and those it excludes) are the
+/// workspace's, and the workspace is below its cap of queued exports. `create` runs it in its
+/// transaction; a dry run (`validate_only`) runs it alone.
+pub async fn check_new(
+    conn: &mut AsyncPgConnection,
+    workspace_id: WorkspaceId,
+    new: &NewExport,
+    max_queued: u32,
+) -> Result<(), ExportError> {
+    for (field, ids) in [
+        ("tag_ids", &new.tag_ids),
+        ("exclude_tag_ids", &new.options.filter.exclude_tag_ids),
+    ] {
+        if ids.is_empty() {
+            continue;
+        }
+        let known: Vec<Uuid> = tags::table
+            .filter(tags::workspace_id.eq(workspace_id))
+            .filter(tags::id.eq_any(ids))
+            .select(tags::id)
+            .load(conn)
+            .await?;
+        if let Some(unknown) = ids.iter().find(|id| !known.contains(id)) {
+            return Err(ExportError::invalid(
+                field,
+                format!("no tag {unknown} in this workspace"),
+            ));
+        }
+    }
+    let queued = count_queued(conn, workspace_id).await?;
+    if queued >= i64::from(max_queued) {
+        return Err(ExportError::ResourceExhausted(format!(
+            "this workspace has {queued} exports queued or running and may have at most \
+             {max_queued}; wait for some to finish or cancel some, then retry"
+        )));
+    }
+    Ok(())
 }
 
 /// Makes the creates of one workspace take turns until their transactions end, so that counting

@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 
-use super::csv::{ContactRef, CustomRef, PgTimestamp};
+use super::format::row::{ContactRef, CustomRef, PgTimestamp};
 
 /// The columns `COPY` sends, in the order [`RowReader`] reads them.
 pub const COPY_COLUMNS: &str = "c.id, c.email, c.first_name, c.last_name, c.phone, c.company, \

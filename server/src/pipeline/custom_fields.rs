@@ -86,7 +86,7 @@ impl std::error::Error for MalformedJson {}
 /// Checks `text` (PostgreSQL's text of a jsonb value) and sets `slots[i]` to where the value
 /// of `keys[i]` is, `None` where the object has no such key (every slot, when `text` is not an
 /// object). One pass over the text. `keys` must be sorted and unique (as
-/// [`super::csv::sort_keys`] leaves them); `scratch` holds an escaped key while it is looked up.
+/// [`super::format::columns::sort_keys`] leaves them); `scratch` holds an escaped key while it is looked up.
 pub fn locate(
     text: &str,
     keys: &[String],

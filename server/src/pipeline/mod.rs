@@ -2,13 +2,13 @@
 //!
 //! Four named steps run in order, each persisted in `export_steps` with a typed output:
 //!
-//! 1. [`steps::resolve_tag_filter`]: which contacts the tags select; none short-circuits to a
-//!    header-only file.
+//! 1. [`steps::resolve_tag_filter`]: whether the tags and filters select anybody; nobody
+//!    short-circuits to a file of no rows.
 //! 2. [`steps::resolve_export_metadata`]: custom-field keys and row count, in one pass inside
 //!    one [`snapshot::Snapshot`] that the stream then reads too.
 //! 3. [`steps::stream_export`]: one ordered binary `COPY` of that snapshot, received a batch
-//!    ahead ([`batches`]), read in place ([`copy_rows`]) by the [`csv`] encoder into a
-//!    storage writer.
+//!    ahead ([`batches`]), read in place ([`copy_rows`]) by the encoder of the export's
+//!    [`format`] (CSV, JSON Lines, XLSX) and its compressor into a storage writer.
 //! 4. [`steps::send_notification`]: mail the requester when the workspace wants it.
 //!
 //! The [`runner`] owns everything around the steps: memoisation (a succeeded step is not run
@@ -18,10 +18,11 @@
 
 pub mod batches;
 pub mod copy_rows;
-pub mod csv;
 pub mod custom_fields;
+pub mod format;
 pub mod hooks;
 pub mod interrupts;
+pub mod preview;
 pub mod progress;
 pub mod runner;
 pub mod selection;

@@ -14,7 +14,6 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
 use super::PipelineContext;
-use super::csv::CsvOptions;
 use super::interrupts::Interrupts;
 use super::selection::Selection;
 use super::snapshot::Snapshot;
@@ -24,7 +23,7 @@ use super::steps::resolve_tag_filter::{self, TagFilter};
 use super::steps::send_notification::{self, Notification};
 use super::steps::stream_export::{self, StoredFile, StreamInput};
 use crate::db::DbError;
-use crate::exports::{ExportRecord, ExportStatus};
+use crate::exports::{ExportOptions, ExportRecord, ExportStatus};
 use crate::queue::{
     Claim, CompletedFile, Completion, JobError, JobWriter, StepName, StepRecord, StepStatus,
 };
@@ -185,9 +184,17 @@ impl Run<'_> {
                 "the claim cap was reached",
             ));
         }
+        let options = self.export.options().map_err(|e| {
+            StepError::failed(
+                FailureKind::Fatal,
+                "the export's stored options cannot be read",
+                e,
+            )
+        })?;
         let selection = Selection {
             workspace_id: self.export.workspace_id,
             tag_ids: self.export.tag_ids.clone(),
+            filter: options.filter.clone(),
         };
         let stored = match self.done::<StoredFile>(StepName::StreamExport)? {
             // Resumed after the file was written (a crash before the notification).
@@ -206,7 +213,8 @@ impl Run<'_> {
                         }),
                     )
                     .await?;
-                self.stream_with_retries(&selection, &filter).await?
+                self.stream_with_retries(&selection, &filter, &options)
+                    .await?
             }
         };
         // The file is the export's now: nothing that follows may fail the export.
@@ -455,20 +463,8 @@ impl Run<'_> {
         &self,
         selection: &Selection,
         filter: &TagFilter,
+        options: &ExportOptions,
     ) -> Result<StoredFile, StepError> {
-        let stored = self.export.options().map_err(|e| {
-            StepError::failed(
-                FailureKind::Fatal,
-                "the export's stored options cannot be read",
-                e,
-            )
-        })?;
-        let options = CsvOptions {
-            neutralize_formulas: stored.neutralize_formulas,
-            delimiter: stored.delimiter,
-            include_bom: stored.include_bom,
-            line_ending: stored.line_ending,
-        };
         let fence = self.job.fence();
         let storage_key =
             storage::attempt_key(self.export.workspace_id, self.export.id, fence.generation);

@@ -1,11 +1,20 @@
 //! The SQL that selects an export's contacts, shared by every step that reads them.
 //!
-//! The text is built from typed UUIDs only (their `Display` is hex and dashes), so it is safe
-//! to inline: `COPY` takes no bind parameters, and one text for all queries keeps the count,
-//! the keys and the rows selecting exactly the same set.
+//! The text is built from typed values only (UUIDs, whose `Display` is hex and dashes, and
+//! timestamps written as RFC 3339 digits), so it is safe to inline: `COPY` takes no bind
+//! parameters, and one text for all queries keeps the count, the keys and the rows selecting
+//! exactly the same set.
+//!
+//! The plans stay one scan of the workspace's contacts in id order: each tag condition is a
+//! probe of `contact_tags`' `(tag_id, contact_id)` key per contact (or a hash semi-join), the
+//! dates and the subscription are conditions on the row itself. There are no pages, so the
+//! per-page rescan of the tag index (`../shared/STACK.md`) cannot happen; `exportd-bench`
+//! measures a combined filter.
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;
 
+use crate::exports::{Filter, TagMatch};
 use crate::ids::WorkspaceId;
 
 use super::copy_rows::COPY_COLUMNS;
@@ -14,8 +23,10 @@ use super::copy_rows::COPY_COLUMNS;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {
     pub workspace_id: WorkspaceId,
-    /// Any-of; empty means every contact of the workspace.
+    /// Any-of (all-of with [`TagMatch::All`]); empty means every contact of the workspace.
     pub tag_ids: Vec<Uuid>,
+    /// The other filters.
+    pub filter: Filter,
 }
 
 impl Selection {
@@ -28,14 +39,37 @@ impl Selection {
     fn conditions(&self) -> String {
         let mut sql = format!("c.workspace_id = '{}'", self.workspace_id);
         if !self.tag_ids.is_empty() {
-            let tags: Vec<String> = self.tag_ids.iter().map(Uuid::to_string).collect();
-            // EXISTS keeps one row per contact however many of the tags it carries, and probes
-            // the (tag_id, contact_id) key per contact instead of rescanning tags per page.
+            let tags = uuid_array(&self.tag_ids);
+            match self.filter.tag_match {
+                // EXISTS keeps one row per contact however many of the tags it carries, and
+                // probes the (tag_id, contact_id) key per contact instead of rescanning tags.
+                TagMatch::Any => sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM contact_tags ct WHERE ct.contact_id = c.id \
+                     AND ct.tag_id = ANY({tags}))"
+                )),
+                // The key is unique: as many matching rows as tags means every tag.
+                TagMatch::All => sql.push_str(&format!(
+                    " AND (SELECT count(*) FROM contact_tags ct WHERE ct.contact_id = c.id \
+                     AND ct.tag_id = ANY({tags})) = {}",
+                    self.tag_ids.len()
+                )),
+            }
+        }
+        if !self.filter.exclude_tag_ids.is_empty() {
             sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM contact_tags ct WHERE ct.contact_id = c.id \
-                 AND ct.tag_id = ANY('{{{}}}'::uuid[]))",
-                tags.join(",")
+                " AND NOT EXISTS (SELECT 1 FROM contact_tags cx WHERE cx.contact_id = c.id \
+                 AND cx.tag_id = ANY({}))",
+                uuid_array(&self.filter.exclude_tag_ids)
             ));
+        }
+        if let Some(after) = self.filter.created_after {
+            sql.push_str(&format!(" AND c.created_at >= {}", timestamp(after)));
+        }
+        if let Some(before) = self.filter.created_before {
+            sql.push_str(&format!(" AND c.created_at < {}", timestamp(before)));
+        }
+        if self.filter.subscribed_only {
+            sql.push_str(" AND NOT c.is_unsubscribed");
         }
         sql
     }
@@ -79,6 +113,20 @@ impl Selection {
         )
     }
 }
+/// A `uuid[]` literal.
+fn uuid_array(ids: &[Uuid]) -> String {
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    format!("'{{{}}}'::uuid[]", ids.join(","))
+}
+
+/// A `timestamptz` literal (microseconds, UTC).
+fn timestamp(t: DateTime<Utc>) -> String {
+    format!(
+        "'{}'::timestamptz",
+        t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +138,7 @@ mod tests {
         let all = Selection {
             workspace_id: ws,
             tag_ids: vec![],
+            filter: Filter::default(),
         };
         assert_eq!(
             all.from_where(),
@@ -98,11 +147,42 @@ mod tests {
         let tagged = Selection {
             workspace_id: ws,
             tag_ids: vec![tag],
+            filter: Filter::default(),
         };
         assert!(
             tagged
                 .from_where()
                 .ends_with("ANY('{ffffffff-ffff-ffff-ffff-ffffffffffff}'::uuid[]))")
         );
+    }
+
+    #[test]
+    fn every_filter_is_a_condition_on_the_row() {
+        let filtered = Selection {
+            workspace_id: WorkspaceId(Uuid::nil()),
+            tag_ids: vec![Uuid::from_u128(1), Uuid::from_u128(2)],
+            filter: Filter {
+                tag_match: TagMatch::All,
+                exclude_tag_ids: vec![Uuid::from_u128(3)],
+                created_after: DateTime::from_timestamp(1_700_000_000, 5_000),
+                created_before: DateTime::from_timestamp(1_800_000_000, 0),
+                subscribed_only: true,
+            },
+        };
+        let sql = filtered.from_where();
+        assert!(sql.contains("ANY('{00000000-0000-0000-0000-000000000001,00000000-0000-0000-0000-000000000002}'::uuid[])) = 2"), "{sql}");
+        assert!(
+            sql.contains("AND NOT EXISTS (SELECT 1 FROM contact_tags cx"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("c.created_at >= '2023-11-14T22:13:20.000005Z'::timestamptz"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("c.created_at < '2027-01-15T08:00:00.000000Z'::timestamptz"),
+            "{sql}"
+        );
+        assert!(sql.ends_with(" AND NOT c.is_unsubscribed"), "{sql}");
     }
 }

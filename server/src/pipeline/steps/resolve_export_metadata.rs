@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::csv::sort_keys;
+use crate::pipeline::format::columns::sort_keys;
 use crate::pipeline::selection::Selection;
 use crate::pipeline::snapshot::Snapshot;
 use crate::pipeline::step::StepError;

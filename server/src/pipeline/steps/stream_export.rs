@@ -1,23 +1,26 @@
-//! Step 3: the file. One ordered scan of the snapshot, a batch at a time, through the CSV
-//! encoder into a storage writer that is closed on success and aborted on any failure.
+//! Step 3: the file. One ordered scan of the snapshot, a batch at a time, through the encoder
+//! of the export's format and its compressor into a storage writer that is closed on success
+//! and aborted on any failure. The size and SHA-256 are those of the stored bytes.
 
+use bytes::Bytes;
 use opendal::Writer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::resolve_export_metadata::ExportMetadata;
+use crate::exports::ExportOptions;
 use crate::exports::filename::content_disposition;
 use crate::pipeline::PipelineContext;
 use crate::pipeline::batches::{Batches, ReadError};
 use crate::pipeline::copy_rows::RowBatch;
-use crate::pipeline::csv::{CsvEncoder, CsvOptions};
+use crate::pipeline::format::compress::Compressor;
+use crate::pipeline::format::{self, EncodeError, Encoder, Finished};
 use crate::pipeline::interrupts::Interrupts;
 use crate::pipeline::progress::Progress;
 use crate::pipeline::selection::Selection;
 use crate::pipeline::snapshot::Snapshot;
 use crate::pipeline::step::{FailureKind, StepError};
 use crate::queue::JobWriter;
-use crate::storage::CSV_CONTENT_TYPE;
 
 /// Multipart chunk of the storage writer for object stores (S3's parts are at least 5 MiB):
 /// large parts, fewer requests. Storage without such a minimum (`fs`) gets every batch as it
@@ -44,7 +47,7 @@ pub struct StreamInput<'a> {
     pub snapshot: &'a mut Option<Snapshot>,
     pub selection: &'a Selection,
     pub metadata: &'a ExportMetadata,
-    pub options: CsvOptions,
+    pub options: &'a ExportOptions,
     pub storage_key: &'a str,
     /// The file's name, for its `content-disposition`.
     pub filename: &'a str,
@@ -61,7 +64,7 @@ pub async fn run(
     let mut write = ctx
         .storage
         .writer_with(input.storage_key)
-        .content_type(CSV_CONTENT_TYPE);
+        .content_type(input.options.content_type());
     // Where the store keeps it, a signed URL then serves the file under its name.
     if ctx
         .storage
@@ -142,6 +145,42 @@ impl Drop for Upload {
     }
 }
 
+/// The stored bytes so far: counted, hashed and written.
+struct Output<'w> {
+    writer: &'w mut Writer,
+    compressor: Compressor,
+    hasher: Sha256,
+    size: i64,
+}
+
+impl Output<'_> {
+    /// Compresses `bytes` and stores what the compressor hands back.
+    async fn push(&mut self, ctx: &PipelineContext, bytes: Bytes) -> Result<(), StepError> {
+        let stored = self.compressor.push(bytes).map_err(compress_failed)?;
+        self.store(ctx, stored).await
+    }
+
+    /// The compressor's trailer, then the size and SHA-256 (hex) of everything stored.
+    async fn finish(mut self, ctx: &PipelineContext) -> Result<(i64, String), StepError> {
+        let compressor = std::mem::replace(&mut self.compressor, Compressor::None);
+        let trailer = compressor.finish().map_err(compress_failed)?;
+        self.store(ctx, trailer).await?;
+        Ok((self.size, hex::encode(self.hasher.finalize())))
+    }
+
+    async fn store(&mut self, ctx: &PipelineContext, bytes: Bytes) -> Result<(), StepError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.hasher.update(&bytes);
+        let len = bytes.len();
+        self.size += len as i64;
+        self.writer.write(bytes).await.map_err(StepError::write)?;
+        ctx.metrics.bytes_written(len);
+        Ok(())
+    }
+}
+
 /// Encodes and writes; returns (bytes, sha256 hex, data rows).
 async fn write_rows(
     ctx: &PipelineContext,
@@ -150,17 +189,18 @@ async fn write_rows(
     input: StreamInput<'_>,
     writer: &mut Writer,
 ) -> Result<(i64, String, i64), StepError> {
-    let mut encoder = CsvEncoder::new(input.metadata.custom_keys.clone(), input.options);
-    let mut hasher = Sha256::new();
-    let mut size = 0i64;
+    let mut encoder = format::encoder(input.options, &input.metadata.custom_keys)
+        .map_err(|e| encode_failed(None, e))?;
+    let mut out = Output {
+        writer,
+        compressor: Compressor::new(input.options.compression).map_err(compress_failed)?,
+        hasher: Sha256::new(),
+        size: 0,
+    };
     let mut rows = 0i64;
 
-    let header = encoder.encode_header();
-    hasher.update(&header);
-    let header_len = header.len();
-    size += header_len as i64;
-    writer.write(header).await.map_err(StepError::write)?;
-    ctx.metrics.bytes_written(header_len);
+    let start = encoder.begin().map_err(|e| encode_failed(None, e))?;
+    out.push(ctx, start).await?;
 
     if let Some(snapshot) = input.snapshot.take() {
         // The next batch is fetched while this one is encoded and uploaded, and progress is
@@ -175,16 +215,12 @@ async fn write_rows(
                 if batch.is_empty() {
                     return Ok(());
                 }
-                let batch_rows = encode(&mut encoder, &batch)?;
+                let batch_rows = encode(encoder.as_mut(), &batch)?;
                 let bytes = encoder.take_chunk();
                 rows += batch_rows as i64;
                 drop(batch);
-                hasher.update(&bytes);
-                let batch_len = bytes.len();
-                size += batch_len as i64;
-                writer.write(bytes).await.map_err(StepError::write)?;
+                out.push(ctx, bytes).await?;
                 ctx.metrics.rows_exported(batch_rows);
-                ctx.metrics.bytes_written(batch_len);
                 progress.report(rows);
                 if let Some(delay) = ctx.hooks.batch_delay {
                     interrupts.sleep(delay).await?;
@@ -216,25 +252,72 @@ async fn write_rows(
             ),
         ));
     }
-    Ok((size, hex::encode(hasher.finalize()), rows))
+    // The end of the file, which may take a while to build (a workbook is zipped here).
+    let finished = tokio::task::spawn_blocking(move || encoder.finish())
+        .await
+        .map_err(|e| StepError::failed(FailureKind::Fatal, "encoding the file failed", e))?
+        .map_err(|e| encode_failed(None, e))?;
+    match finished {
+        Finished::Chunk(bytes) => out.push(ctx, bytes).await?,
+        Finished::File(file) => {
+            let mut file = tokio::fs::File::from_std(file.reopen().map_err(temp_file_failed)?);
+            loop {
+                let mut chunk = bytes::BytesMut::with_capacity(FILE_CHUNK);
+                let n = tokio::io::AsyncReadExt::read_buf(&mut file, &mut chunk)
+                    .await
+                    .map_err(temp_file_failed)?;
+                if n == 0 {
+                    break;
+                }
+                out.push(ctx, chunk.freeze()).await?;
+            }
+        }
+    }
+    let (size, sha256) = out.finish(ctx).await?;
+    Ok((size, sha256, rows))
 }
 
+/// Reads of a file built locally (XLSX) go to the compressor and the store in pieces of this.
+const FILE_CHUNK: usize = 1 << 20;
+
 /// Encodes the rows of `batch` into the encoder's current chunk; returns how many there were.
-fn encode(encoder: &mut CsvEncoder, batch: &RowBatch) -> Result<usize, StepError> {
+fn encode(encoder: &mut dyn Encoder, batch: &RowBatch) -> Result<usize, StepError> {
     let mut reader = batch.rows();
     let mut rows = 0;
     while let Some((id, row)) = reader.next_row().map_err(|e| read_failed(e.into()))? {
-        // The same row fails every attempt: not worth a retry.
-        encoder.encode_row(&row).map_err(|e| {
-            StepError::failed(
-                FailureKind::Fatal,
-                format!("contact {id} cannot be exported: {e}"),
-                e,
-            )
-        })?;
+        encoder.row(&row).map_err(|e| encode_failed(Some(id), e))?;
         rows += 1;
     }
     Ok(rows)
+}
+
+/// An encoder's failure: a row the format cannot take fails every attempt alike (not worth a
+/// retry); a local temporary file may do better next time.
+fn encode_failed(contact: Option<i64>, e: EncodeError) -> StepError {
+    match e {
+        EncodeError::TempFile(io) => temp_file_failed(io),
+        row => {
+            let public = match contact {
+                Some(id) => format!("contact {id} cannot be exported: {row}"),
+                None => format!("the file cannot be written: {row}"),
+            };
+            StepError::failed(FailureKind::Fatal, public, row)
+        }
+    }
+}
+
+fn temp_file_failed(e: std::io::Error) -> StepError {
+    let public = if e.raw_os_error() == Some(libc::ENOSPC) {
+        "building the file in a temporary folder failed: the disk is full"
+    } else {
+        "building the file in a temporary folder failed"
+    };
+    StepError::failed(FailureKind::Write, public, e)
+}
+
+/// Compressing into memory fails only on a broken invariant.
+fn compress_failed(e: std::io::Error) -> StepError {
+    StepError::failed(FailureKind::Fatal, "compressing the file failed", e)
 }
 
 /// A failed read: the database's failures are retried on a fresh snapshot, data that is not

@@ -127,8 +127,8 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use auth::BearerAuth;
 pub use contact_export::v1::{
-    CreateExportRequest, CsvDelimiter, CsvOptions, Export, ExportDownloadUrl, ExportFileMetadata,
-    ExportStatus, LineEnding, ListExportsResponse,
+    Compression, CreateExportRequest, CsvDelimiter, CsvOptions, Export, ExportDownloadUrl,
+    ExportFileMetadata, ExportFormat, ExportStatus, LineEnding, ListExportsResponse, TagMatch,
 };
 pub use download::Download;
 pub use error::{ClientError, code_name};

@@ -100,10 +100,43 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Export only contacts with at least one of these tags (repeatable).
+    /// Export only contacts with at least one of these tags (repeatable; all of them with
+    /// --all-tags).
     #[arg(long = "tag", value_name = "ID")]
     pub tags: Vec<String>,
-    /// File name (the server sanitises it and appends `.csv`).
+    /// Only contacts with every --tag, not any of them.
+    #[arg(long)]
+    pub all_tags: bool,
+    /// Leave out contacts with this tag (repeatable).
+    #[arg(long = "exclude-tag", value_name = "ID")]
+    pub exclude_tags: Vec<String>,
+    /// Only contacts created at or after this instant (RFC 3339, e.g. 2024-01-01T00:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_instant)]
+    pub created_after: Option<prost_types::Timestamp>,
+    /// Only contacts created before this instant (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_instant)]
+    pub created_before: Option<prost_types::Timestamp>,
+    /// Leave out unsubscribed contacts.
+    #[arg(long)]
+    pub subscribed_only: bool,
+    /// The file's format.
+    #[arg(long, value_enum, value_name = "F", default_value_t = Format::Csv)]
+    pub format: Format,
+    /// Compress the file.
+    #[arg(long, value_enum, value_name = "C", default_value_t = Compress::None)]
+    pub compression: Compress,
+    /// The columns to write, in order (repeatable, or comma-separated): a fixed column
+    /// (`email`, `first_name`, …, `created_at`) or `custom_fields.KEY`. Default: all.
+    #[arg(long = "column", value_name = "NAME", value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// With --column: then every other custom field.
+    #[arg(long, requires = "columns")]
+    pub other_custom_fields: bool,
+    /// Check the request and show the export it would create (how many contacts match now,
+    /// the file's headers) without creating it.
+    #[arg(long, conflicts_with_all = ["watch", "download"])]
+    pub dry_run: bool,
+    /// File name (the server sanitises it and appends the format's extension).
     #[arg(long, value_name = "F")]
     pub filename: Option<String>,
     /// Idempotency key: repeating it returns the first export instead of a new one.
@@ -130,6 +163,56 @@ pub struct CreateArgs {
     /// POST a signed event to this URL when the export ends (the server must allow it).
     #[arg(long, value_name = "URL")]
     pub notify_url: Option<String>,
+}
+
+/// `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// CSV (`.csv`), shaped by the CSV flags.
+    Csv,
+    /// JSON Lines (`.jsonl`).
+    Jsonl,
+    /// An Excel workbook (`.xlsx`).
+    Xlsx,
+}
+
+impl Format {
+    pub fn to_proto(self) -> contact_export_client::ExportFormat {
+        use contact_export_client::ExportFormat;
+        match self {
+            Format::Csv => ExportFormat::Csv,
+            Format::Jsonl => ExportFormat::Jsonl,
+            Format::Xlsx => ExportFormat::Xlsx,
+        }
+    }
+}
+
+/// `--compression` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compress {
+    /// As written.
+    None,
+    /// gzip (`.gz`).
+    Gzip,
+    /// Zstandard (`.zst`).
+    Zstd,
+}
+
+impl Compress {
+    pub fn to_proto(self) -> contact_export_client::Compression {
+        use contact_export_client::Compression;
+        match self {
+            Compress::None => Compression::None,
+            Compress::Gzip => Compression::Gzip,
+            Compress::Zstd => Compression::Zstd,
+        }
+    }
+}
+
+/// An RFC 3339 instant as a protobuf timestamp.
+fn parse_instant(text: &str) -> Result<prost_types::Timestamp, String> {
+    text.parse::<prost_types::Timestamp>()
+        .map_err(|_| format!("{text:?} is not an RFC 3339 instant such as 2024-01-01T00:00:00Z"))
 }
 
 /// `--delimiter` values.

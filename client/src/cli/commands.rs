@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::CommandFactory;
 use contact_export_client::{
     ClientError, ClientTls, CreateExportRequest, CsvOptions, Export, ExportClient, ExportStatus,
-    LineEnding, Saved, is_terminal, target_path,
+    LineEnding, Saved, TagMatch, is_terminal, target_path,
 };
 use futures::StreamExt;
 
@@ -102,9 +102,24 @@ async fn create(client: &ExportClient, args: CreateArgs, json: bool) -> anyhow::
         request_id: args.request_id.unwrap_or_default(),
         csv_options,
         notify_url: args.notify_url.unwrap_or_default(),
+        format: args.format.to_proto().into(),
+        compression: args.compression.to_proto().into(),
+        columns: args.columns,
+        include_other_custom_fields: args.other_custom_fields,
+        tag_match: if args.all_tags {
+            TagMatch::All
+        } else {
+            TagMatch::Any
+        }
+        .into(),
+        exclude_tag_ids: args.exclude_tags,
+        created_after: args.created_after,
+        created_before: args.created_before,
+        subscribed_only: args.subscribed_only,
+        validate_only: args.dry_run,
     };
     let export = client.create(request).await?;
-    if !args.watch && args.download.is_none() {
+    if args.dry_run || (!args.watch && args.download.is_none()) {
         print_export(&export, json);
         return Ok(ExitCode::SUCCESS);
     }

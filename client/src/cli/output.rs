@@ -42,6 +42,16 @@ pub fn export_json(export: &Export) -> Value {
         "delimiter": csv.delimiter().as_str_name(),
         "include_bom": csv.include_bom,
         "line_ending": csv.line_ending().as_str_name(),
+        "format": export.format().as_str_name(),
+        "compression": export.compression().as_str_name(),
+        "columns": export.columns,
+        "include_other_custom_fields": export.include_other_custom_fields,
+        "tag_match": export.tag_match().as_str_name(),
+        "exclude_tag_ids": export.exclude_tag_ids,
+        "created_after": time(&export.created_after),
+        "created_before": time(&export.created_before),
+        "subscribed_only": export.subscribed_only,
+        "headers": export.headers,
         "create_time": time(&export.create_time),
         "update_time": time(&export.update_time),
         "start_time": time(&export.start_time),
@@ -112,7 +122,11 @@ pub fn print_export(export: &Export, json: bool) {
         ("size", nonzero(export.size_bytes, " bytes")),
         ("sha256", export.sha256.clone()),
         ("request id", export.request_id.clone()),
+        ("format", format_summary(export)),
         ("csv", csv_summary(export)),
+        ("columns", columns_summary(export)),
+        ("filters", filter_summary(export)),
+        ("headers", export.headers.join(", ")),
         ("created", time(&export.create_time)),
         ("started", time(&export.start_time)),
         ("finished", time(&export.finish_time)),
@@ -170,6 +184,60 @@ pub fn print_exports(exports: &[Export], json: bool) {
 }
 
 /// The CSV options that differ from the defaults (`semicolon, BOM, CRLF`), or nothing.
+/// `jsonl, gzip`; nothing for an uncompressed CSV (the default).
+fn format_summary(export: &Export) -> String {
+    use contact_export_client::{Compression, ExportFormat};
+    let format = match export.format() {
+        ExportFormat::Unspecified | ExportFormat::Csv => None,
+        ExportFormat::Jsonl => Some("jsonl"),
+        ExportFormat::Xlsx => Some("xlsx"),
+    };
+    let compression = match export.compression() {
+        Compression::Unspecified | Compression::None => None,
+        Compression::Gzip => Some("gzip"),
+        Compression::Zstd => Some("zstd"),
+    };
+    match (format, compression) {
+        (None, None) => String::new(),
+        (format, compression) => {
+            let mut parts = vec![format.unwrap_or("csv")];
+            parts.extend(compression);
+            parts.join(", ")
+        }
+    }
+}
+
+fn columns_summary(export: &Export) -> String {
+    let mut summary = export.columns.join(", ");
+    if export.include_other_custom_fields {
+        summary.push_str(", then every other custom field");
+    }
+    summary
+}
+
+fn filter_summary(export: &Export) -> String {
+    let mut parts = Vec::new();
+    if export.tag_match() == contact_export_client::TagMatch::All {
+        parts.push("all of the tags".to_owned());
+    }
+    if !export.exclude_tag_ids.is_empty() {
+        parts.push(format!(
+            "without tags {}",
+            export.exclude_tag_ids.join(", ")
+        ));
+    }
+    if let Some(after) = &export.created_after {
+        parts.push(format!("created from {after}"));
+    }
+    if let Some(before) = &export.created_before {
+        parts.push(format!("created before {before}"));
+    }
+    if export.subscribed_only {
+        parts.push("subscribed only".to_owned());
+    }
+    parts.join("; ")
+}
+
 fn csv_summary(export: &Export) -> String {
     let Some(o) = export.csv_options else {
         return String::new();

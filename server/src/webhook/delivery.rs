@@ -31,12 +31,17 @@ use super::secret::WebhookSecret;
 /// The `user-agent` of every try.
 pub const USER_AGENT: &str = "contact-export-webhooks";
 
+/// The least time left before [`RetryPolicy::max_retry_time`] for which another try is
+/// started.
+pub const LEAST_TRY_TIME: Duration = Duration::from_millis(250);
+
 /// How long a delivery may take and how its tries are spaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// The longest one try may take, connection and answer included.
     pub per_try_timeout: Duration,
-    /// No try starts after this much time since the first (and none outlasts it): then the
+    /// No try starts after this much time since the first (and none outlasts it), nor with
+    /// less than [`LEAST_TRY_TIME`] (or `per_try_timeout`, if shorter) of it left: then the
     /// delivery is given up.
     pub max_retry_time: Duration,
     /// The wait after the first failed try; it doubles after each further one.
@@ -264,7 +269,10 @@ impl Delivery {
                 wait = wait.max(asked.min(self.policy.max_retry_after));
             }
             backoff = (backoff * 2).min(self.policy.max_backoff);
-            if Instant::now() + wait >= deadline {
+            // A try squeezed into the last instants would only time out and hide the real
+            // error: the next one starts only with a useful time left.
+            let least_try = self.policy.per_try_timeout.min(LEAST_TRY_TIME);
+            if Instant::now() + wait + least_try > deadline {
                 return give_up(GiveUpReason::OutOfTime);
             }
             tracing::debug!(webhook_id = %id, attempts, error = %failure.error, ?wait, "webhook try failed; trying again");

@@ -3,13 +3,16 @@
 //! It starts a throwaway PostgreSQL, seeds a realistic CRM (see [`seed`]), then repeats, for
 //! each of `--runs` runs and on the same data:
 //!
-//! - a full export and a tag-filtered export through a fresh `exportd serve` child over gRPC,
-//!   timed from `CreateExport` until a watcher sees COMPLETED, with the watcher's lag per
-//!   progress message and the child's peak RSS;
+//! - a full export, a tag-filtered export and a combined-filter export (tags all-of and
+//!   excluded, a created range, subscribed only) through a fresh `exportd serve` child over
+//!   gRPC, timed from `CreateExport` until a watcher sees COMPLETED, with the watcher's lag
+//!   per progress message and the child's peak RSS;
 //! - `psql \copy` of the same selection and columns, as the bar to compare against;
 //! - `DownloadExport` of the full file against a plain copy of the same object on disk;
 //! - a full export of a workspace a tenth the size, in another fresh `exportd`, so that the
-//!   two peak RSS figures compare a small and a large export.
+//!   two peak RSS figures compare a small and a large export;
+//! - a full export in every format and compression ([`formats`]), each in a fresh `exportd`,
+//!   with its peak RSS and peak temporary disk, its file downloaded and checked.
 //!
 //! and prints median, min and max of every measurement ([`report`]). Build both binaries
 //! first, so that the `exportd` beside this one is current:
@@ -19,10 +22,14 @@
 //! cargo run --release -p contact-export-server --bin exportd-bench -- --contacts 1000000
 //! ```
 
+mod formats;
 mod measure;
 mod report;
 mod seed;
+mod selection;
 mod service;
+mod tmp_usage;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,9 +38,11 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use contact_export_devkit::postgres::Cluster;
 
+use crate::formats::{Case, CaseRun};
 use crate::measure::{CopyRun, ExportRun};
-use crate::report::{Fmt, Table};
+use crate::report::{Fmt, Table, mib};
 use crate::seed::Dataset;
+use crate::selection::Selection;
 use crate::service::{Exportd, ExportdConfig};
 
 /// The database the bench creates in its cluster.
@@ -64,6 +73,12 @@ struct Args {
     /// The `exportd` binary to measure (default: the one beside this binary).
     #[arg(long)]
     exportd: Option<PathBuf>,
+    /// The formats of the format × compression matrix (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["csv", "jsonl", "xlsx"])]
+    formats: Vec<formats::Format>,
+    /// The compressions of the format × compression matrix (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["none", "gzip", "zstd"])]
+    compressions: Vec<formats::Compression>,
 }
 
 #[tokio::main]
@@ -132,9 +147,10 @@ async fn main() -> anyhow::Result<()> {
         Ok(()) => eprintln!("kept {}", work_dir.display()),
         Err(_) => {
             if !keep {
-                // The CSVs are large and useless for a post-mortem; the logs are what matters.
+                // The files are large and useless for a post-mortem; the logs are what matters.
                 let _ = std::fs::remove_dir_all(work_dir.join("files"));
                 let _ = std::fs::remove_dir_all(work_dir.join("out"));
+                let _ = std::fs::remove_dir_all(work_dir.join("tmp"));
             }
             eprintln!(
                 "failed; logs kept: {} and {}",
@@ -163,20 +179,28 @@ struct RunResult {
     large: LargeRun,
     small: ExportRun,
     rss_small: u64,
+    /// One per case of [`Bench::cases`], in its order.
+    formats: Vec<CaseRun>,
 }
 
 /// What one run measures on the N-row workspace, in one `exportd`.
 struct LargeRun {
     full: ExportRun,
     full_copy: CopyRun,
-    tagged: ExportRun,
-    tagged_copy: CopyRun,
+    tagged: Filtered,
+    combined: Filtered,
     download: Duration,
     disk_copy: Duration,
     rss_large: u64,
-    /// CPU time `exportd` used during the full and the tag-filtered export.
+    /// CPU time `exportd` used during the full export.
     full_cpu: Duration,
-    tagged_cpu: Duration,
+}
+
+/// A filtered export, `\copy` of the same rows, and the CPU time `exportd` used for it.
+struct Filtered {
+    export: ExportRun,
+    copy: CopyRun,
+    cpu: Duration,
 }
 
 impl Bench<'_> {
@@ -207,16 +231,59 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn exportd_config(&self, token: &str) -> ExportdConfig {
-        ExportdConfig {
+    /// The configuration of a fresh `exportd` for `token`, with an empty `TMPDIR` of its own
+    /// (`tmp/<name>` in the work folder).
+    fn exportd_config(&self, token: &str, name: &str) -> anyhow::Result<ExportdConfig> {
+        let tmp_dir = self.work_dir.join("tmp").join(name);
+        let _ = std::fs::remove_dir_all(&tmp_dir);
+        std::fs::create_dir_all(&tmp_dir)
+            .with_context(|| format!("creating {}", tmp_dir.display()))?;
+        Ok(ExportdConfig {
             binary: self.exportd.to_owned(),
             database_url: self.database_url.clone(),
             storage_root: self.work_dir.join("files"),
             workers: self.args.workers,
             batch_size: self.args.batch_size,
+            tmp_dir,
             log: self.work_dir.join("exportd.log"),
             token: token.to_owned(),
-        }
+        })
+    }
+
+    /// The format × compression matrix's cases, as the flags ask.
+    fn cases(&self) -> Vec<Case> {
+        Case::matrix(&self.args.formats, &self.args.compressions)
+    }
+
+    /// An export of `selection` and `psql \copy` of the same rows into `out/copy-<name>.csv`,
+    /// which must agree on the row count; `label` names them on stderr.
+    async fn filtered(
+        &self,
+        service: &Exportd,
+        data: &Dataset,
+        run: u32,
+        label: &str,
+        selection: &Selection,
+    ) -> anyhow::Result<Filtered> {
+        let runs = self.args.runs;
+        eprint!("run {run}/{runs}: {label} export… ");
+        let cpu_before = service.cpu_time()?;
+        let export =
+            measure::export(service.client(), &self.database_url, selection.request()).await?;
+        let cpu = service.cpu_time()? - cpu_before;
+        eprintln!("{:.2} s", export.wall.as_secs_f64());
+
+        eprint!("run {run}/{runs}: psql \\copy, {label}… ");
+        let copy = measure::psql_copy(
+            self.psql,
+            &self.database_url,
+            &measure::copy_query(data.demo.workspace_id, &data.keys, selection),
+            &self.work_dir.join("out").join(format!("copy-{label}.csv")),
+        )
+        .await?;
+        eprintln!("{:.2} s", copy.wall.as_secs_f64());
+        measure::same_rows(label, &export, &copy)?;
+        Ok(Filtered { export, copy, cpu })
     }
 
     /// One run of every measurement. Service and `\copy` alternate, so that a noisy
@@ -227,16 +294,18 @@ impl Bench<'_> {
         let out = self.work_dir.join("out");
         let _ = std::fs::remove_dir_all(&out);
         let _ = std::fs::remove_dir_all(self.work_dir.join("files"));
+        let _ = std::fs::remove_dir_all(self.work_dir.join("tmp"));
         std::fs::create_dir_all(&out)?;
 
         // A fresh process per run: its VmHWM then covers this run's full export and nothing
         // before it.
-        let service = Exportd::start(self.exportd_config(&data.demo.token)).await?;
+        let service = Exportd::start(self.exportd_config(&data.demo.token, "large")?).await?;
         let client = service.client().clone();
         let outcome = async {
             eprint!("run {run}/{runs}: full export… ");
             let cpu_before = service.cpu_time()?;
-            let full = measure::export(&client, &self.database_url, &[]).await?;
+            let full = measure::export(&client, &self.database_url, Selection::default().request())
+                .await?;
             let rss_large = service.peak_rss()?;
             let full_cpu = service.cpu_time()? - cpu_before;
             eprintln!("{:.2} s", full.wall.as_secs_f64());
@@ -245,29 +314,19 @@ impl Bench<'_> {
             let full_copy = measure::psql_copy(
                 self.psql,
                 &self.database_url,
-                &measure::copy_query(data.demo.workspace_id, &data.keys, &[]),
+                &measure::copy_query(data.demo.workspace_id, &data.keys, &Selection::default()),
                 &out.join("copy-full.csv"),
             )
             .await?;
             eprintln!("{:.2} s", full_copy.wall.as_secs_f64());
             measure::same_rows("full", &full, &full_copy)?;
 
-            eprint!("run {run}/{runs}: tag-filtered export… ");
-            let cpu_before = service.cpu_time()?;
-            let tagged = measure::export(&client, &self.database_url, &data.tag_filter).await?;
-            let tagged_cpu = service.cpu_time()? - cpu_before;
-            eprintln!("{:.2} s", tagged.wall.as_secs_f64());
-
-            eprint!("run {run}/{runs}: psql \\copy, tag-filtered… ");
-            let tagged_copy = measure::psql_copy(
-                self.psql,
-                &self.database_url,
-                &measure::copy_query(data.demo.workspace_id, &data.keys, &data.tag_filter),
-                &out.join("copy-tagged.csv"),
-            )
-            .await?;
-            eprintln!("{:.2} s", tagged_copy.wall.as_secs_f64());
-            measure::same_rows("tag-filtered", &tagged, &tagged_copy)?;
+            let tagged = self
+                .filtered(&service, data, run, "tag-filtered", &data.tag_filter)
+                .await?;
+            let combined = self
+                .filtered(&service, data, run, "combined-filter", &data.combined)
+                .await?;
 
             eprint!("run {run}/{runs}: download vs disk copy… ");
             measure::settle_writeback().await?;
@@ -285,12 +344,11 @@ impl Bench<'_> {
                 full,
                 full_copy,
                 tagged,
-                tagged_copy,
+                combined,
                 download,
                 disk_copy,
                 rss_large,
                 full_cpu,
-                tagged_cpu,
             })
         }
         .await;
@@ -302,9 +360,14 @@ impl Bench<'_> {
             "run {run}/{runs}: {}-row export in a fresh exportd (peak RSS)… ",
             report::thousands(data.second_contacts as i64)
         );
-        let service = Exportd::start(self.exportd_config(&data.second.token)).await?;
+        let service = Exportd::start(self.exportd_config(&data.second.token, "small")?).await?;
         let small = async {
-            let small = measure::export(service.client(), &self.database_url, &[]).await?;
+            let small = measure::export(
+                service.client(),
+                &self.database_url,
+                Selection::default().request(),
+            )
+            .await?;
             anyhow::Ok((small, service.peak_rss()?))
         }
         .await;
@@ -313,10 +376,27 @@ impl Bench<'_> {
         stopped?;
         eprintln!("{:.2} s", small.wall.as_secs_f64());
 
+        let mut formats = Vec::new();
+        for case in self.cases() {
+            eprint!(
+                "run {run}/{runs}: {} export in a fresh exportd… ",
+                case.label()
+            );
+            let config = self.exportd_config(&data.demo.token, &case.label())?;
+            let measured = formats::measure(case, config, &self.database_url, &out).await?;
+            eprintln!(
+                "{:.2} s, {:.1} MB, checked",
+                measured.export.wall.as_secs_f64(),
+                measured.export.bytes as f64 / 1e6
+            );
+            formats.push(measured);
+        }
+
         Ok(RunResult {
             large,
             small,
             rss_small,
+            formats,
         })
     }
 
@@ -339,6 +419,12 @@ impl Bench<'_> {
             report::thousands(data.second_contacts as i64),
         );
         println!(
+            "          combined filter [{}] matches {} = {:.1}%",
+            data.combined_label,
+            report::thousands(data.combined_matches),
+            100.0 * data.combined_matches as f64 / data.contacts as f64,
+        );
+        println!(
             "service:  --workers {} --batch-size {}; {} run(s); MB = 10^6 bytes",
             self.args.workers,
             self.args
@@ -351,6 +437,18 @@ impl Bench<'_> {
         let table = results_table(data, runs);
         table.print();
         println!();
+        let cases = self.cases();
+        if !cases.is_empty() {
+            println!(
+                "format × compression, full export of {} rows, each in a fresh exportd (medians; \
+                 peak TMPDIR: bytes of the files under exportd's TMPDIR, unlinked ones included, \
+                 sampled every 50 ms)",
+                report::thousands(runs[0].large.full.rows)
+            );
+            let per_run: Vec<&[CaseRun]> = runs.iter().map(|r| r.formats.as_slice()).collect();
+            formats::grid(&cases, &per_run).print();
+            println!();
+        }
         table.print_targets(&targets(runs));
     }
 }
@@ -415,53 +513,23 @@ fn results_table(data: &Dataset, runs: &[RunResult]) -> Table {
         per_run(&|r| secs(r.large.full.wall) / secs(r.large.full_copy.wall)),
     );
 
-    let tagged_rows = report::thousands(runs[0].large.tagged.rows);
-    t.section(&format!(
-        "tag-filtered export, {tagged_rows} rows (tags: {})",
-        data.tag_names.join(" or ")
-    ));
-    t.row(
-        "wall time",
-        Fmt::Seconds,
-        per_run(&|r| secs(r.large.tagged.wall)),
+    let tag_names = data.tag_names.join(" or ");
+    filtered_sections(
+        &mut t,
+        runs,
+        &|r| &r.large.tagged,
+        &format!("tag-filtered export, {{rows}} rows (tags: {tag_names})"),
+        "psql \\copy, tag-filtered (EXISTS on contact_tags)",
     );
-    t.row(
-        "rows/s",
-        Fmt::Rate,
-        per_run(&|r| r.large.tagged.rows_per_sec()),
-    );
-    t.row("MB/s", Fmt::Rate, per_run(&|r| r.large.tagged.mb_per_sec()));
-    t.row(
-        "  pickup (create → start)",
-        Fmt::Seconds,
-        per_run(&|r| r.large.tagged.pickup),
-    );
-    for step in [
-        "resolve-tag-filter",
-        "resolve-export-metadata",
-        "stream-export",
-    ] {
-        t.row(
-            &format!("  step {step}"),
-            Fmt::Seconds,
-            per_run(&|r| r.large.tagged.step(step)),
-        );
-    }
-    t.row(
-        "  CPU time of exportd",
-        Fmt::Seconds,
-        per_run(&|r| secs(r.large.tagged_cpu)),
-    );
-    t.section("psql \\copy, tag-filtered (EXISTS on contact_tags)");
-    t.row(
-        "wall time",
-        Fmt::Seconds,
-        per_run(&|r| secs(r.large.tagged_copy.wall)),
-    );
-    t.row(
-        "export / \\copy",
-        Fmt::Ratio,
-        per_run(&|r| secs(r.large.tagged.wall) / secs(r.large.tagged_copy.wall)),
+    filtered_sections(
+        &mut t,
+        runs,
+        &|r| &r.large.combined,
+        &format!(
+            "combined-filter export, {{rows}} rows ({})",
+            data.combined_label
+        ),
+        "psql \\copy, combined filter (EXISTS per tag, NOT EXISTS, range, NOT is_unsubscribed)",
     );
 
     t.section("download of the full file");
@@ -533,6 +601,51 @@ fn results_table(data: &Dataset, runs: &[RunResult]) -> Table {
     t
 }
 
+/// The sections of a filtered export and its `\copy`; `{rows}` in `title` becomes the row count.
+fn filtered_sections(
+    t: &mut Table,
+    runs: &[RunResult],
+    pick: &dyn Fn(&RunResult) -> &Filtered,
+    title: &str,
+    copy_title: &str,
+) {
+    let per_run = |f: &dyn Fn(&Filtered) -> f64| runs.iter().map(|r| f(pick(r))).collect();
+    let secs = |d: Duration| d.as_secs_f64();
+    let rows = report::thousands(pick(&runs[0]).export.rows);
+    t.section(&title.replace("{rows}", &rows));
+    t.row("wall time", Fmt::Seconds, per_run(&|f| secs(f.export.wall)));
+    t.row("rows/s", Fmt::Rate, per_run(&|f| f.export.rows_per_sec()));
+    t.row("MB/s", Fmt::Rate, per_run(&|f| f.export.mb_per_sec()));
+    t.row(
+        "  pickup (create → start)",
+        Fmt::Seconds,
+        per_run(&|f| f.export.pickup),
+    );
+    for step in [
+        "resolve-tag-filter",
+        "resolve-export-metadata",
+        "stream-export",
+    ] {
+        t.row(
+            &format!("  step {step}"),
+            Fmt::Seconds,
+            per_run(&|f| f.export.step(step)),
+        );
+    }
+    t.row(
+        "  CPU time of exportd",
+        Fmt::Seconds,
+        per_run(&|f| secs(f.cpu)),
+    );
+    t.section(copy_title);
+    t.row("wall time", Fmt::Seconds, per_run(&|f| secs(f.copy.wall)));
+    t.row(
+        "export / \\copy",
+        Fmt::Ratio,
+        per_run(&|f| secs(f.export.wall) / secs(f.copy.wall)),
+    );
+}
+
 /// The issue's targets, judged on the medians.
 fn targets(runs: &[RunResult]) -> Vec<report::Target> {
     let median =
@@ -547,7 +660,7 @@ fn targets(runs: &[RunResult]) -> Vec<report::Target> {
         ),
         report::Target::at_most(
             "tag-filtered export / \\copy",
-            median(&|r| secs(r.large.tagged.wall) / secs(r.large.tagged_copy.wall)),
+            median(&|r| secs(r.large.tagged.export.wall) / secs(r.large.tagged.copy.wall)),
             2.0,
             Fmt::Ratio,
         ),
@@ -576,8 +689,4 @@ fn targets(runs: &[RunResult]) -> Vec<report::Target> {
             Fmt::Ratio,
         ),
     ]
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }

@@ -17,6 +17,8 @@ use uuid::Uuid;
 
 use contact_export_server::db;
 
+use crate::selection::Selection;
+
 /// One export through the service, as a watcher saw it.
 pub struct ExportRun {
     pub id: String,
@@ -58,18 +60,13 @@ impl ExportRun {
     }
 }
 
-/// Creates an export of the client's workspace (any of `tag_ids`; all contacts when empty),
-/// watches it to the end and measures it. Fails unless it ends COMPLETED.
+/// Creates the export `request` asks for in the client's workspace, watches it to the end
+/// and measures it. Fails unless it ends COMPLETED.
 pub async fn export(
     client: &ExportClient,
     database_url: &str,
-    tag_ids: &[Uuid],
+    request: CreateExportRequest,
 ) -> anyhow::Result<ExportRun> {
-    let request = CreateExportRequest {
-        tag_ids: tag_ids.iter().map(Uuid::to_string).collect(),
-        filename: "exportd-bench".to_owned(),
-        ..Default::default()
-    };
     let started = Instant::now();
     let created = client.create(request).await?;
     let mut watch = client.watch(created.id.clone()).await?;
@@ -138,7 +135,6 @@ fn seconds_between(from: prost_types::Timestamp, to: prost_types::Timestamp) -> 
     (to.seconds - from.seconds) as f64 + f64::from(to.nanos - from.nanos) / 1e9
 }
 
-/// How long each pipeline step of export `id` took, as the runner recorded it.
 /// The key of the object a COMPLETED export points at.
 async fn storage_key(database_url: &str, id: Uuid) -> anyhow::Result<String> {
     #[derive(QueryableByName)]
@@ -154,6 +150,7 @@ async fn storage_key(database_url: &str, id: Uuid) -> anyhow::Result<String> {
     Ok(storage_key)
 }
 
+/// How long each pipeline step of export `id` took, as the runner recorded it.
 async fn step_times(database_url: &str, id: Uuid) -> anyhow::Result<Vec<(String, Option<f64>)>> {
     #[derive(QueryableByName)]
     struct StepTime {
@@ -209,13 +206,13 @@ pub fn find_psql() -> anyhow::Result<PathBuf> {
 }
 
 /// The `\copy` counterpart of an export: the same fixed columns, then each custom key as
-/// `custom_fields->>'key'` in the export's column order, the same contacts (any of `tag_ids`
-/// through `EXISTS`, so a contact with both tags is one row), in the same order.
+/// `custom_fields->>'key'` in the export's column order, the same contacts (`selection`'s
+/// conditions), in the same order.
 ///
 /// Values keep PostgreSQL's own text forms (`t`/`f`, `2025-01-01 00:00:00.123456+00` with
 /// `PGTZ=UTC`): converting them to the export's forms in SQL would slow the bar down, and the
 /// bar is COPY as PostgreSQL writes it. One line: `\copy` reads the rest of its line.
-pub fn copy_query(workspace_id: Uuid, keys: &[String], tag_ids: &[Uuid]) -> String {
+pub fn copy_query(workspace_id: Uuid, keys: &[String], selection: &Selection) -> String {
     let mut sql = String::from(
         "SELECT c.email, c.first_name, c.last_name, c.phone, c.company, c.notes, \
          c.is_unsubscribed, c.created_at",
@@ -228,17 +225,9 @@ pub fn copy_query(workspace_id: Uuid, keys: &[String], tag_ids: &[Uuid]) -> Stri
         ));
     }
     sql.push_str(&format!(
-        " FROM contacts c WHERE c.workspace_id = '{workspace_id}'"
+        " FROM contacts c WHERE {} ORDER BY c.id",
+        selection.conditions(workspace_id)
     ));
-    if !tag_ids.is_empty() {
-        let tags: Vec<String> = tag_ids.iter().map(|id| format!("'{id}'")).collect();
-        sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM contact_tags ct WHERE ct.contact_id = c.id \
-             AND ct.tag_id IN ({}))",
-            tags.join(", ")
-        ));
-    }
-    sql.push_str(" ORDER BY c.id");
     sql
 }
 

@@ -17,7 +17,7 @@ pub enum Fmt {
 }
 
 impl Fmt {
-    fn show(self, value: f64) -> String {
+    pub fn show(self, value: f64) -> String {
         if !value.is_finite() {
             return "-".to_owned();
         }
@@ -41,6 +41,11 @@ pub fn thousands(n: i64) -> String {
         out.push(c);
     }
     if n < 0 { format!("-{out}") } else { out }
+}
+
+/// Bytes in MiB.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 enum Line {
@@ -117,6 +122,55 @@ impl Table {
                 verdict,
                 width = LABEL_WIDTH - 2,
             );
+        }
+    }
+}
+
+/// One row per case and one column per measurement, each cell formatted already.
+pub struct Grid {
+    headers: Vec<String>,
+    /// How many leading columns are text (aligned left); the rest are numbers.
+    text_columns: usize,
+    rows: Vec<Vec<String>>,
+}
+
+impl Grid {
+    pub fn new(headers: &[&str], text_columns: usize) -> Self {
+        Grid {
+            headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+            text_columns,
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn print(&self) {
+        let widths: Vec<usize> = (0..self.headers.len())
+            .map(|i| {
+                std::iter::once(&self.headers[i])
+                    .chain(self.rows.iter().filter_map(|row| row.get(i)))
+                    .map(|cell| cell.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for cells in std::iter::once(&self.headers).chain(&self.rows) {
+            let line: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (cell, &width))| {
+                    if i < self.text_columns {
+                        format!("{cell:<width$}")
+                    } else {
+                        format!("{cell:>width$}")
+                    }
+                })
+                .collect();
+            println!("  {}", line.join("  ").trim_end());
         }
     }
 }

@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_query;
 use diesel::sql_types::{Array, BigInt, Text, Uuid as SqlUuid};
@@ -21,6 +22,8 @@ use contact_export_devkit::fixture;
 use contact_export_server::auth::{self, Principal};
 use contact_export_server::db;
 
+use crate::selection::Selection;
+
 /// The second workspace and its user and tags: fixed, so that a kept folder is recognised.
 const SECOND_WORKSPACE_ID: Uuid = Uuid::from_u128(0xbe7c_0000_0000_4000_8000_0000_0000_0001);
 const SECOND_USER_ID: Uuid = Uuid::from_u128(0xbe7c_0000_0000_4000_8000_0000_0000_0002);
@@ -29,6 +32,19 @@ const SECOND_TAG_PREFIX: u128 = 0xbe7c << 112;
 
 /// How many of the demo tags the tag-filtered export asks for (any-of).
 const FILTER_TAGS: usize = 2;
+
+/// The combined filter, by index into [`fixture::DEMO_TAGS`]: all of `customer` and
+/// `newsletter`, none of `beta tester`, created in [`COMBINED_CREATED`], subscribed only.
+///
+/// The fixture gives a contact 0–3 tags, its k-th at index (s + 3k) mod 10 for a s of its
+/// own: two tags meet on one contact only when their indices are 3 (or 6) apart, so the pair
+/// is 0 and 3 (about 7.5% of the contacts have both; 0 and 1 would select nobody), and the
+/// excluded tag is the one 3 further, on a third of those. The range keeps eight months of the
+/// year the contacts were created in (uniformly, over 2025), and 90% are subscribed: about 3%
+/// of the contacts are left, each condition removing a share of its own.
+const COMBINED_ALL_TAGS: [usize; 2] = [0, 3];
+const COMBINED_EXCLUDED_TAG: usize = 6;
+const COMBINED_CREATED: (&str, &str) = ("2025-03-01T00:00:00Z", "2025-11-01T00:00:00Z");
 
 /// A workspace to export, with a token for it.
 pub struct Tenant {
@@ -46,11 +62,15 @@ pub struct Dataset {
     pub second: Tenant,
     /// The demo workspace's custom-field keys, in the export's column order (code points).
     pub keys: Vec<String>,
-    /// The tags of the tag-filtered export, and their names.
-    pub tag_filter: Vec<Uuid>,
+    /// The tag-filtered export's selection (any of two tags), and the tags' names.
+    pub tag_filter: Selection,
     pub tag_names: Vec<String>,
     /// Demo contacts carrying any of `tag_filter`.
     pub tag_matches: i64,
+    /// The combined-filter export's selection, in words, and how many demo contacts it holds.
+    pub combined: Selection,
+    pub combined_label: String,
+    pub combined_matches: i64,
     /// How long seeding took; `None` when a kept folder's data was reused.
     pub seed_time: Option<Duration>,
     /// `SHOW server_version`.
@@ -86,22 +106,19 @@ pub async fn prepare(admin_url: &str, url: &str, contacts: u64) -> anyhow::Resul
     }
     check_sizes(&mut conn, contacts, second_contacts).await?;
 
-    let tag_filter: Vec<Uuid> = fixture::DEMO_TAGS[..FILTER_TAGS]
-        .iter()
-        .map(|(id, _)| *id)
-        .collect();
+    let tag_filter = Selection::any_of(
+        fixture::DEMO_TAGS[..FILTER_TAGS]
+            .iter()
+            .map(|(id, _)| *id)
+            .collect(),
+    );
     let tag_names = fixture::DEMO_TAGS[..FILTER_TAGS]
         .iter()
         .map(|(_, name)| (*name).to_owned())
         .collect();
-    let Count { n: tag_matches } = sql_query(
-        "SELECT count(*) AS n FROM contacts c WHERE c.workspace_id = $1 AND EXISTS \
-         (SELECT 1 FROM contact_tags ct WHERE ct.contact_id = c.id AND ct.tag_id = ANY($2))",
-    )
-    .bind::<SqlUuid, _>(demo.workspace_id)
-    .bind::<Array<SqlUuid>, _>(&tag_filter)
-    .get_result(&mut conn)
-    .await?;
+    let tag_matches = count(&mut conn, demo.workspace_id, &tag_filter).await?;
+    let (combined, combined_label) = combined_filter()?;
+    let combined_matches = count(&mut conn, demo.workspace_id, &combined).await?;
 
     #[derive(QueryableByName)]
     struct Key {
@@ -147,9 +164,53 @@ pub async fn prepare(admin_url: &str, url: &str, contacts: u64) -> anyhow::Resul
         tag_filter,
         tag_names,
         tag_matches,
+        combined,
+        combined_label,
+        combined_matches,
         seed_time,
         server_version,
     })
+}
+
+/// The combined filter (see [`COMBINED_ALL_TAGS`]) and a description of it.
+fn combined_filter() -> anyhow::Result<(Selection, String)> {
+    let tag = |i: usize| fixture::DEMO_TAGS[i];
+    let (after, before) = COMBINED_CREATED;
+    let instant = |s: &str| -> anyhow::Result<DateTime<Utc>> {
+        Ok(DateTime::parse_from_rfc3339(s)?.to_utc())
+    };
+    let selection = Selection {
+        tags: COMBINED_ALL_TAGS.iter().map(|&i| tag(i).0).collect(),
+        all_tags: true,
+        exclude_tags: vec![tag(COMBINED_EXCLUDED_TAG).0],
+        created_after: Some(instant(after)?),
+        created_before: Some(instant(before)?),
+        subscribed_only: true,
+    };
+    let all: Vec<&str> = COMBINED_ALL_TAGS.iter().map(|&i| tag(i).1).collect();
+    let label = format!(
+        "{} and not {}, created {} to {}, subscribed",
+        all.join(" and "),
+        tag(COMBINED_EXCLUDED_TAG).1,
+        &after[..10],
+        &before[..10],
+    );
+    Ok((selection, label))
+}
+
+/// Contacts of `workspace_id` in `selection`.
+async fn count(
+    conn: &mut AsyncPgConnection,
+    workspace_id: Uuid,
+    selection: &Selection,
+) -> anyhow::Result<i64> {
+    let Count { n } = sql_query(format!(
+        "SELECT count(*) AS n FROM contacts c WHERE {}",
+        selection.conditions(workspace_id)
+    ))
+    .get_result(conn)
+    .await?;
+    Ok(n)
 }
 
 /// Seeds the second workspace unless it exists; returns whether it did.

@@ -24,6 +24,8 @@ pub struct ExportdConfig {
     pub storage_root: PathBuf,
     pub workers: usize,
     pub batch_size: Option<u32>,
+    /// The process's `TMPDIR` (where an XLSX is built), a folder of its own.
+    pub tmp_dir: PathBuf,
     /// stdout and stderr are appended here.
     pub log: PathBuf,
     /// The API token the [`Exportd::client`] sends.
@@ -68,6 +70,7 @@ impl Exportd {
         command
             // Warnings only: logging every batch would be part of what we measure.
             .env("RUST_LOG", "warn")
+            .env("TMPDIR", &config.tmp_dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -122,6 +125,11 @@ impl Exportd {
     /// A client of this process, with the token of [`ExportdConfig::token`].
     pub fn client(&self) -> &ExportClient {
         &self.client
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// The process's peak resident set so far (`VmHWM`), in bytes.

@@ -50,6 +50,8 @@ pub struct XlsxEncoder {
     /// The sheet being written, and its next row.
     sheet: usize,
     row: u32,
+    /// Rows per sheet, the header included ([`SHEET_ROWS`] but in tests).
+    sheet_rows: u32,
     bold: Format,
     datetime: Format,
     spans: Vec<Option<Span>>,
@@ -79,6 +81,7 @@ impl XlsxEncoder {
             workbook,
             sheet: 0,
             row: 0,
+            sheet_rows: SHEET_ROWS,
             bold: Format::new().set_bold(),
             datetime: Format::new().set_num_format("yyyy-mm-dd hh:mm:ss.000"),
             spans: Vec::new(),
@@ -130,7 +133,7 @@ impl Encoder for XlsxEncoder {
     }
 
     fn row(&mut self, row: &ContactRef<'_>) -> Result<(), EncodeError> {
-        if self.row == SHEET_ROWS {
+        if self.row == self.sheet_rows {
             let next = self.sheet + 2;
             self.add_sheet(next)?;
         }
@@ -326,17 +329,13 @@ fn write_json(
     Ok(())
 }
 
-/// The number a JSON number's text stands for, when a double holds it as written: at most 15
-/// significant digits (what a double always keeps) and a finite value.
+/// The number a JSON number's text stands for, when a double gives it back as written: at most
+/// 15 significant digits (what a double always keeps) and a finite value.
 fn exact_double(text: &str) -> Option<f64> {
     let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
     let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    let significant = digits.trim_start_matches('0');
-    let significant = if mantissa.contains('.') {
-        significant.trim_end_matches('0')
-    } else {
-        significant
-    };
+    // Zeros at either end are the exponent's business, not the double's.
+    let significant = digits.trim_start_matches('0').trim_end_matches('0');
     if significant.len() > 15 {
         return None;
     }
@@ -365,6 +364,101 @@ fn xlsx_error(error: XlsxError) -> EncodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::format::row::ContactRow;
+    use calamine::{Data, Reader};
+    use chrono::{TimeZone, Utc};
+
+    fn contact(n: u32) -> ContactRow {
+        ContactRow {
+            email: format!("c{n}@example.com"),
+            first_name: Some("+1 555 0100".into()),
+            last_name: None,
+            phone: Some("00123".into()),
+            company: Some("=HYPERLINK(\"x\")".into()),
+            notes: None,
+            is_unsubscribed: n % 2 == 0,
+            created_at: Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()
+                + chrono::Duration::milliseconds(i64::from(n)),
+            custom_fields: serde_json::json!({"score": 1.5, "big": 12345678901234567u64,
+                "tags": ["a"], "ok": true}),
+        }
+    }
+
+    /// Every sheet of a workbook: its name and rows.
+    fn read(file: Finished) -> Vec<(String, Vec<Vec<Data>>)> {
+        let Finished::File(file) = file else {
+            panic!("a workbook is a file");
+        };
+        let bytes = std::fs::read(file.path()).unwrap();
+        let mut workbook: calamine::Xlsx<_> =
+            calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).unwrap();
+        workbook
+            .sheet_names()
+            .into_iter()
+            .map(|name| {
+                let range = workbook.worksheet_range(&name).unwrap();
+                (name, range.rows().map(|r| r.to_vec()).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn typed_cells_and_a_new_sheet_when_one_is_full() {
+        let keys: Vec<String> = ["big", "ok", "score", "tags"].map(String::from).to_vec();
+        let mut encoder = XlsxEncoder::new(&keys, None).unwrap();
+        encoder.sheet_rows = 3;
+        for n in 0..5 {
+            encoder.row(&contact(n).as_ref()).unwrap();
+        }
+        assert!(encoder.take_chunk().is_empty());
+        let sheets = read(Box::new(encoder).finish().unwrap());
+        let names: Vec<&str> = sheets.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["Contacts", "Contacts (2)", "Contacts (3)"]);
+        let rows: Vec<usize> = sheets.iter().map(|(_, r)| r.len()).collect();
+        assert_eq!(rows, [3, 3, 2], "two contacts and the header per sheet");
+        for (_, rows) in &sheets {
+            assert_eq!(rows[0][0], Data::String("email".into()));
+            assert_eq!(rows[0][8], Data::String("big".into()));
+        }
+        let first = &sheets[0].1[1];
+        assert_eq!(first[0], Data::String("c0@example.com".into()));
+        assert_eq!(
+            first[1],
+            Data::String("+1 555 0100".into()),
+            "no formula guard"
+        );
+        assert_eq!(first[2], Data::Empty);
+        assert_eq!(first[3], Data::String("00123".into()), "text stays text");
+        assert_eq!(first[4], Data::String("=HYPERLINK(\"x\")".into()));
+        assert_eq!(first[6], Data::Bool(true));
+        let Data::DateTime(at) = &first[7] else {
+            panic!("created_at is a date-time cell: {:?}", first[7]);
+        };
+        let expected = UNIX_EPOCH_SERIAL + 1_714_564_800.0 / 86_400.0;
+        assert!((at.as_f64() - expected).abs() < 1e-9, "{}", at.as_f64());
+        assert_eq!(
+            first[8],
+            Data::String("12345678901234567".into()),
+            "beyond a double"
+        );
+        assert_eq!(first[9], Data::Bool(true));
+        assert_eq!(first[10], Data::Float(1.5));
+        assert_eq!(first[11], Data::String("[\"a\"]".into()));
+    }
+
+    #[test]
+    fn a_text_longer_than_a_cell_holds_fails_naming_the_column() {
+        let mut encoder = XlsxEncoder::new(&[], None).unwrap();
+        let mut long = contact(1);
+        long.notes = Some("x".repeat(32_768));
+        let error = encoder.row(&long.as_ref()).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("its notes has more than the 32,767 characters"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn doubles_are_taken_only_when_they_hold_the_number_exactly() {
@@ -374,6 +468,7 @@ mod tests {
         assert_eq!(exact_double("1234567890123456"), None);
         assert_eq!(exact_double("0.000000000000000000001"), Some(1e-21));
         assert_eq!(exact_double("1e400"), None);
+        assert_eq!(exact_double("1000000000000000000000"), Some(1e21));
         assert_eq!(exact_double("2.5e-7"), Some(2.5e-7));
     }
 

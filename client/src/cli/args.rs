@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use contact_export_client::CsvDelimiter;
 
-/// Talk to a Contact Export server: create CSV exports of the CRM's contacts, follow them,
-/// download them.
+/// Talk to a Contact Export server: create exports of the CRM's contacts (CSV, JSON Lines or
+/// XLSX), follow them, download them.
 #[derive(Debug, Parser)]
-#[command(name = "exportctl", version)]
+// The connection flags are every subcommand's: listed after the subcommand's own.
+#[command(name = "exportctl", version, next_display_order = 1000)]
 #[command(
     after_help = "Exit codes: 0 ok; 1 the export ended FAILED, CANCELLED or EXPIRED; \
                         2 RPC error or bad usage; 3 other error (connection, file, checksum)."

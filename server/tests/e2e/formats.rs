@@ -196,7 +196,7 @@ fn check_jsonl(file: &[u8], rows: &[Stored]) {
         assert!(at.is_sorted(), "members in column order: {line}");
         assert!(line.starts_with("{\"email\":"), "{line}");
         for column in TEXT_COLUMNS {
-            let want = row.text(column).map_or(Value::Null, |t| Value::from(t));
+            let want = row.text(column).map_or(Value::Null, Value::from);
             assert_eq!(object[column], want, "{column} of {line}");
         }
         assert_eq!(object["is_unsubscribed"], Value::Bool(row.is_unsubscribed));

@@ -376,7 +376,7 @@ mod tests {
             phone: Some("00123".into()),
             company: Some("=HYPERLINK(\"x\")".into()),
             notes: None,
-            is_unsubscribed: n % 2 == 0,
+            is_unsubscribed: n.is_multiple_of(2),
             created_at: Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()
                 + chrono::Duration::milliseconds(i64::from(n)),
             custom_fields: serde_json::json!({"score": 1.5, "big": 12345678901234567u64,

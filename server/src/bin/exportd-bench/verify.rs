@@ -139,7 +139,7 @@ mod tests {
         std::fs::write(&zst, zstd::stream::encode_all(&zip[..], 3).unwrap()).unwrap();
         assert!(matches!(
             check(&zst, Format::Xlsx, Compression::Zstd, 9).unwrap(),
-            Verified::Zip(25)
+            Verified::Zip(bytes) if bytes == zip.len() as u64
         ));
         assert!(check(&zst, Format::Csv, Compression::Gzip, 0).is_err());
 

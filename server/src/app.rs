@@ -257,11 +257,15 @@ impl Application {
         let export_service =
             ExportServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
         let (health, health_service) = tonic_health::server::health_reporter();
-        let health_task = tokio::spawn(report_health(
+        let mut health = HealthProbe {
             health,
-            self.health_pool.clone(),
-            stop.clone(),
-        ));
+            pool: self.health_pool.clone(),
+            serving: None,
+        };
+        // The first status is told before the server takes calls, so that a Check never finds
+        // the service unknown (NOT_FOUND) just after start.
+        health.probe().await;
+        let health_task = tokio::spawn(report_health(health, stop.clone()));
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(contact_export::FILE_DESCRIPTOR_SET)
@@ -323,50 +327,64 @@ impl Application {
     }
 }
 
-/// SERVING while the database answers, NOT_SERVING while it does not (so that a load balancer
-/// drains this replica: every call would fail), told to the health service whenever it
-/// changes; NOT_SERVING once the service stops.
-async fn report_health(
+/// What the health service was last told, and how to ask again.
+struct HealthProbe {
     health: tonic_health::server::HealthReporter,
     pool: PgPool,
-    stop: CancellationToken,
-) {
-    let mut serving = None;
-    loop {
-        let up = tokio::time::timeout(HEALTH_PROBE_TIMEOUT, db::ping(&pool))
+    /// `None` before the first probe.
+    serving: Option<bool>,
+}
+
+impl HealthProbe {
+    /// Pings the database and tells the health service when the answer changed: SERVING
+    /// while the database answers, NOT_SERVING while it does not (so that a load balancer
+    /// drains this replica: every call would fail).
+    async fn probe(&mut self) {
+        let up = tokio::time::timeout(HEALTH_PROBE_TIMEOUT, db::ping(&self.pool))
             .await
             .is_ok_and(|r| r.is_ok());
-        if serving != Some(up) {
-            if up {
-                health.set_serving::<ExportServiceServer<ExportApi>>().await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::Serving)
-                    .await;
-            } else {
-                tracing::warn!("the database does not answer: health is NOT_SERVING");
-                health
-                    .set_not_serving::<ExportServiceServer<ExportApi>>()
-                    .await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
-            }
-            if serving == Some(false) && up {
+        if self.serving == Some(up) {
+            return;
+        }
+        if up {
+            if self.serving == Some(false) {
                 tracing::info!("the database answers again: health is SERVING");
             }
-            serving = Some(up);
+            self.tell(true).await;
+        } else {
+            tracing::warn!("the database does not answer: health is NOT_SERVING");
+            self.tell(false).await;
         }
+        self.serving = Some(up);
+    }
+
+    /// Sets the status of the export service and of the server as a whole (`""`).
+    async fn tell(&self, serving: bool) {
+        let status = if serving {
+            self.health
+                .set_serving::<ExportServiceServer<ExportApi>>()
+                .await;
+            tonic_health::ServingStatus::Serving
+        } else {
+            self.health
+                .set_not_serving::<ExportServiceServer<ExportApi>>()
+                .await;
+            tonic_health::ServingStatus::NotServing
+        };
+        self.health.set_service_status("", status).await;
+    }
+}
+
+/// Probes every [`HEALTH_PROBE_EVERY`] until `stop`; NOT_SERVING once the service stops.
+async fn report_health(mut probe: HealthProbe, stop: CancellationToken) {
+    loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(HEALTH_PROBE_EVERY) => {}
         }
+        probe.probe().await;
     }
-    health
-        .set_not_serving::<ExportServiceServer<ExportApi>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    probe.tell(false).await;
 }
 
 /// A listener on `addr` and the address it got (the real port when asked for port 0).

@@ -151,9 +151,15 @@ async fn dev_serves_exports_restarts_on_its_data_and_stops_cleanly() {
         .map(Result::unwrap)
         .count();
     assert_eq!(rows, 300);
-    // The notification went to the file transport in the data folder.
-    let mail = std::fs::read_dir(data_dir.join("mail")).unwrap().count();
-    assert_eq!(mail, 1);
+    // The notification went to the file transport in the data folder. It is a step after
+    // the completion: it may land a moment after COMPLETED is seen.
+    let mail_dir = data_dir.join("mail");
+    let mails = || std::fs::read_dir(&mail_dir).map_or(0, |dir| dir.count());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mails() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mails(), 1);
 
     // SIGTERM stops it and its PostgreSQL within 10 seconds.
     let postgres = postmaster_pid(&data_dir);

@@ -54,14 +54,23 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             tracing::info!(config = ?args, "starting");
             let settings = args.settings()?;
-            let app = Application::build(settings).await?;
-            app.run_until_stopped(shutdown_signal()).await?;
+            let mut shutdown = std::pin::pin!(shutdown_signal()?);
+            // A signal while it connects and migrates stops it there.
+            let app = tokio::select! {
+                app = Application::build(settings) => app?,
+                () = &mut shutdown => {
+                    tracing::info!("stopped before serving");
+                    return Ok(());
+                }
+            };
+            app.run_until_stopped(shutdown).await?;
         }
         Command::Migrate { database_url } => {
             db::migrate(&database_url).await.context("migrating")?;
             tracing::info!("migrations applied");
         }
-        Command::Dev(args) => dev::run(args, shutdown_signal()).await?,
+        // A signal while PostgreSQL starts is kept: `dev` stops it cleanly once it has started.
+        Command::Dev(args) => dev::run(args, shutdown_signal()?).await?,
         Command::Token(command) => {
             tokens::run(command, &mut std::io::stdout(), &mut std::io::stderr()).await?
         }
@@ -69,12 +78,18 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// Ctrl-C (SIGINT) or SIGTERM. The handlers are installed by this call, not when the future
+/// is first polled: a signal that arrives while the service starts, or just after `dev`'s
+/// ready line, stops it cleanly instead of killing it (`tokio::signal::ctrl_c` installs its
+/// handler only once polled).
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

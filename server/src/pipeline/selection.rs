@@ -8,9 +8,8 @@
 //! The plans stay one scan of the workspace's contacts in id order: each tag condition is a
 //! probe of `contact_tags`' `(tag_id, contact_id)` key per contact or a hash semi-join (all-of
 //! is one semi-join per tag, see [`ALL_OF_JOINS_MAX`]), the dates and the subscription are
-//! conditions on the row itself. There are no pages, so the
-//! per-page rescan of the tag index (`../shared/STACK.md`) cannot happen; `exportd-bench`
-//! measures a combined filter.
+//! conditions on the row itself. There are no pages, so the per-page rescan of the tag index
+//! (`../shared/STACK.md`) cannot happen; `exportd-bench` measures a combined filter.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;

@@ -24,7 +24,8 @@ impl Default for Format {
 
 use super::fixture::Contact;
 
-const FIXED: [&str; 8] = [
+/// The fixed columns, in the file's order.
+pub const FIXED: [&str; 8] = [
     "email",
     "first_name",
     "last_name",

@@ -13,7 +13,7 @@ use diesel_async::RunQueryDsl;
 use serde_json::{Value, json};
 use tonic::Code;
 
-use super::expected::expected_csv;
+use super::expected::{FIXED, expected_csv};
 use super::fixture::Contact;
 use super::harness::{TestApp, TestDb, within};
 use super::run_export;
@@ -63,14 +63,10 @@ impl Stored {
     }
 }
 
-const TEXT_COLUMNS: [&str; 6] = [
-    "email",
-    "first_name",
-    "last_name",
-    "phone",
-    "company",
-    "notes",
-];
+/// The fixed columns that hold text (the first six).
+fn text_columns() -> &'static [&'static str] {
+    &FIXED[..6]
+}
 
 async fn stored(db: &TestDb, workspace: uuid::Uuid) -> Vec<Stored> {
     diesel::sql_query(
@@ -177,17 +173,7 @@ fn check_jsonl(file: &[u8], rows: &[Stored]) {
         };
         // Members in column order (the map sorts its keys: their order is read off the text,
         // where a quote inside a string value is escaped and so cannot fake a member).
-        let members = [
-            "email",
-            "first_name",
-            "last_name",
-            "phone",
-            "company",
-            "notes",
-            "is_unsubscribed",
-            "created_at",
-            "custom_fields",
-        ];
+        let members: Vec<&str> = FIXED.iter().copied().chain(["custom_fields"]).collect();
         assert_eq!(object.len(), members.len(), "{line}");
         let at: Vec<usize> = members
             .iter()
@@ -195,7 +181,7 @@ fn check_jsonl(file: &[u8], rows: &[Stored]) {
             .collect();
         assert!(at.is_sorted(), "members in column order: {line}");
         assert!(line.starts_with("{\"email\":"), "{line}");
-        for column in TEXT_COLUMNS {
+        for &column in text_columns() {
             let want = row.text(column).map_or(Value::Null, Value::from);
             assert_eq!(object[column], want, "{column} of {line}");
         }
@@ -255,11 +241,7 @@ fn check_xlsx(file: &[u8], rows: &[Stored], keys: &[&str]) {
     let (name, cells) = &sheets[0];
     assert_eq!(name, "Contacts");
     let header: Vec<Data> = cells[0].clone();
-    let mut want: Vec<Data> = [TEXT_COLUMNS.as_slice(), &["is_unsubscribed", "created_at"]]
-        .concat()
-        .into_iter()
-        .map(|h| Data::String(h.into()))
-        .collect();
+    let mut want: Vec<Data> = FIXED.iter().map(|h| Data::String((*h).into())).collect();
     want.extend(keys.iter().map(|k| {
         Data::String(if *k == "email" {
             "custom_fields.email".into()
@@ -270,7 +252,7 @@ fn check_xlsx(file: &[u8], rows: &[Stored], keys: &[&str]) {
     assert_eq!(header, want);
     assert_eq!(cells.len(), rows.len() + 1);
     for (cells, row) in cells[1..].iter().zip(rows) {
-        for (i, column) in TEXT_COLUMNS.iter().enumerate() {
+        for (i, column) in text_columns().iter().enumerate() {
             let want = match row.text(column) {
                 None | Some("") => Data::Empty,
                 Some(text) => Data::String(text.to_owned()),
@@ -524,25 +506,15 @@ async fn a_dry_run_answers_the_export_it_would_make_and_makes_nothing() {
     assert_eq!(answer.total_rows, 3, "the subscribed contacts now");
     assert_eq!(answer.format(), ExportFormat::Jsonl);
     assert!(answer.subscribed_only);
-    assert_eq!(
-        answer.headers,
-        [
-            "email",
-            "first_name",
-            "last_name",
-            "phone",
-            "company",
-            "notes",
-            "is_unsubscribed",
-            "created_at",
-            "custom_fields.email",
-            "list",
-            "nested",
-            "plan",
-            "seats",
-            "vip"
-        ]
-    );
+    let custom = [
+        "custom_fields.email",
+        "list",
+        "nested",
+        "plan",
+        "seats",
+        "vip",
+    ];
+    assert_eq!(answer.headers, [FIXED.as_slice(), &custom].concat());
     assert!(app.ws.client.list_all().await.unwrap().is_empty());
 
     // CSV headers are the file's own: neutralised.

@@ -33,9 +33,6 @@ pub const SHEET_ROWS: u32 = 1_048_576;
 const SHEET_NAME: &str = "Contacts";
 /// Width of a date-time column, in characters, so that Excel shows the value (not `####`).
 const DATETIME_WIDTH: f64 = 23.0;
-/// More columns than this may pass ZIP's 4 GB for one sheet's XML (about 150 million cells):
-/// the workbook then uses ZIP64, which Excel and the usual readers take.
-const ZIP64_COLUMNS: usize = 100;
 /// 1970-01-01 as an Excel serial date (days since 1899-12-30).
 const UNIX_EPOCH_SERIAL: f64 = 25_569.0;
 /// 1900-03-01 and 10000-01-01 in microseconds since 2000-01-01: the dates an Excel serial
@@ -75,7 +72,9 @@ impl XlsxEncoder {
     pub fn new(row_keys: &[String], list: Option<&ColumnList>) -> Result<Self, EncodeError> {
         let plan = ColumnPlan::new(row_keys, list, str::to_owned);
         let mut workbook = Workbook::new();
-        workbook.use_zip_large_file(plan.columns.len() > ZIP64_COLUMNS);
+        // ZIP64 always: one sheet's XML passes ZIP's 4 GiB with long texts well before
+        // Excel's row limit, and the zip would only say so once the whole workbook is built.
+        workbook.use_zip_large_file(true);
         let mut encoder = XlsxEncoder {
             plan,
             workbook,
@@ -205,8 +204,14 @@ impl Encoder for XlsxEncoder {
 
     fn finish(mut self: Box<Self>) -> Result<Finished, EncodeError> {
         let file = tempfile::NamedTempFile::new().map_err(EncodeError::TempFile)?;
-        let writer = std::io::BufWriter::new(file.as_file());
-        self.workbook.save_to_writer(writer).map_err(xlsx_error)?;
+        let mut writer = std::io::BufWriter::new(file.as_file());
+        self.workbook
+            .save_to_writer(&mut writer)
+            .map_err(xlsx_error)?;
+        // The last bytes (the archive's central directory) are flushed here, not by the
+        // writer's drop, which would lose a failure (a full disk) and leave a broken workbook.
+        std::io::Write::flush(&mut writer).map_err(EncodeError::TempFile)?;
+        drop(writer);
         Ok(Finished::File(file))
     }
 }
@@ -339,7 +344,11 @@ fn exact_double(text: &str) -> Option<f64> {
     if significant.len() > 15 {
         return None;
     }
-    text.parse::<f64>().ok().filter(|n| n.is_finite())
+    // Past a double's range: infinite, or (below its normal numbers) 0 or a subnormal that
+    // keeps fewer digits than written.
+    text.parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && (n.is_normal() || (*n == 0.0 && significant.is_empty())))
 }
 
 /// A cell that cannot be written: too long for Excel, or the library's own failure.
@@ -447,6 +456,20 @@ mod tests {
     }
 
     #[test]
+    fn text_that_looks_like_an_ooxml_escape_stays_as_written() {
+        let mut encoder = XlsxEncoder::new(&[], None).unwrap();
+        let mut row = contact(1);
+        row.last_name = Some("_x0041_ and _x00e9_".into());
+        encoder.row(&row.as_ref()).unwrap();
+        let sheets = read(Box::new(encoder).finish().unwrap());
+        assert_eq!(
+            sheets[0].1[1][2],
+            Data::String("_x0041_ and _x00e9_".into()),
+            "not A and é"
+        );
+    }
+
+    #[test]
     fn a_text_longer_than_a_cell_holds_fails_naming_the_column() {
         let mut encoder = XlsxEncoder::new(&[], None).unwrap();
         let mut long = contact(1);
@@ -470,6 +493,11 @@ mod tests {
         assert_eq!(exact_double("1e400"), None);
         assert_eq!(exact_double("1000000000000000000000"), Some(1e21));
         assert_eq!(exact_double("2.5e-7"), Some(2.5e-7));
+        assert_eq!(exact_double("0"), Some(0.0));
+        assert_eq!(exact_double("-0.000"), Some(-0.0));
+        assert_eq!(exact_double("1e-400"), None, "not 0");
+        assert_eq!(exact_double(&format!("0.{}1", "0".repeat(399))), None);
+        assert_eq!(exact_double("1e-320"), None, "a subnormal");
     }
 
     #[test]

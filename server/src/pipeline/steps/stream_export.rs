@@ -252,9 +252,12 @@ async fn write_rows(
             ),
         ));
     }
-    // The end of the file, which may take a while to build (a workbook is zipped here).
-    let finished = tokio::task::spawn_blocking(move || encoder.finish())
-        .await
+    // The end of the file, which may take a while to build (a workbook is zipped here): a
+    // cancel or a shutdown does not wait for it (the blocking build runs on and its temporary
+    // files go when it ends).
+    let finished = interrupts
+        .race(tokio::task::spawn_blocking(move || encoder.finish()))
+        .await?
         .map_err(|e| StepError::failed(FailureKind::Fatal, "encoding the file failed", e))?
         .map_err(|e| encode_failed(None, e))?;
     match finished {
@@ -269,6 +272,9 @@ async fn write_rows(
                 if n == 0 {
                     break;
                 }
+                // A workbook's upload is many chunks after the last batch: cancels and
+                // shutdowns are heard between them as between batches.
+                interrupts.check()?;
                 out.push(ctx, chunk.freeze()).await?;
             }
         }

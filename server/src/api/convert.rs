@@ -95,8 +95,9 @@ fn instant(
     let at = DateTime::from_timestamp(t.seconds, 0)
         .and_then(|s| s.checked_add_signed(chrono::TimeDelta::microseconds(micros)))
         .ok_or_else(invalid)?;
-    // PostgreSQL's timestamptz ends in the year 294276; ours in 9999 (RFC 3339 and protobuf's).
-    if !(-62_135_596_800..253_402_300_800).contains(&t.seconds) {
+    // PostgreSQL's timestamptz ends in the year 294276; ours in 9999 (RFC 3339 and protobuf's),
+    // after the rounding (9999-12-31T23:59:59.9999995Z would round into the year 10000).
+    if !(-62_135_596_800..253_402_300_800).contains(&at.timestamp()) {
         return Err(invalid());
     }
     Ok(Some(at))
@@ -392,6 +393,17 @@ mod tests {
                     ..Default::default()
                 },
                 "created_before: ",
+            ),
+            (
+                // The last instant of 9999 but half a microsecond: rounded up, the year 10000.
+                pb::CreateExportRequest {
+                    created_after: Some(Timestamp {
+                        seconds: 253_402_300_799,
+                        nanos: 999_999_500,
+                    }),
+                    ..Default::default()
+                },
+                "created_after: ",
             ),
         ] {
             let error = options_from_request(&request).unwrap_err().to_string();

@@ -106,9 +106,16 @@ fn check_options(options: &ExportOptions, tag_ids: &[Uuid]) -> Result<(), Export
             if let ColumnName::Custom(key) = column
                 && key.len() > MAX_KEY_BYTES
             {
+                // Named by its place and start: the whole key would swamp the message.
+                let start: String = key.chars().take(40).collect();
                 return Err(ExportError::invalid(
                     "columns",
-                    format!("a custom key is at most {MAX_KEY_BYTES} bytes"),
+                    format!(
+                        "column {} (custom_fields.{start}…) has a key of {} bytes; a custom \
+                         key is at most {MAX_KEY_BYTES} bytes",
+                        i + 1,
+                        key.len()
+                    ),
                 ));
             }
             if list.columns[..i].contains(column) {
@@ -155,6 +162,7 @@ fn check_options(options: &ExportOptions, tag_ids: &[Uuid]) -> Result<(), Export
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exports::{ColumnList, FixedColumn};
 
     fn parse(tags: &[&str], request_id: &str) -> Result<NewExport, ExportError> {
         let tags: Vec<String> = tags.iter().map(|s| s.to_string()).collect();
@@ -175,6 +183,31 @@ mod tests {
         assert_eq!(
             parsed.tag_ids,
             vec![Uuid::parse_str(b).unwrap(), Uuid::parse_str(a).unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_custom_key_too_long_is_refused_naming_its_column() {
+        let options = |key: String| ExportOptions {
+            columns: Some(ColumnList {
+                columns: vec![
+                    ColumnName::Fixed(FixedColumn::Email),
+                    ColumnName::Custom(key),
+                ],
+                include_other_custom_fields: false,
+            }),
+            ..ExportOptions::default()
+        };
+        let parse = |options| NewExport::parse(&[], "", "", options, Utc::now());
+        assert!(parse(options("k".repeat(MAX_KEY_BYTES))).is_ok());
+        let err = parse(options("k".repeat(MAX_KEY_BYTES + 1))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "columns: column 2 (custom_fields.{}…) has a key of 1001 bytes; a custom key \
+                 is at most 1000 bytes",
+                "k".repeat(40)
+            )
         );
     }
 

@@ -7,7 +7,7 @@ use diesel::sql_types::{Bool, Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::harness::{Dial, TestDb};
+use super::harness::{AppOptions, Dial, TestApp, TestDb};
 
 /// A workspace, its user, and a client holding that user's token.
 pub struct Workspace {
@@ -165,5 +165,28 @@ impl Contact {
     pub fn with_custom(mut self, fields: serde_json::Value) -> Contact {
         self.custom_fields = fields;
         self
+    }
+}
+
+/// About 12 MB of CSV (12,000 contacts with long notes) in `app`'s workspace: with
+/// [`large_export_options`], one 8 MiB multipart part and the rest at close.
+pub async fn insert_large_export(app: &TestApp) {
+    diesel::sql_query(
+        "INSERT INTO contacts (workspace_id, email, created_at, notes, custom_fields) \
+         SELECT $1, 'c' || g || '@example.com', timestamptz '2024-01-01' + g * interval '1 s', \
+         repeat(md5(g::text), 30), jsonb_build_object('n', g) FROM generate_series(1, 12000) g",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(app.ws.id)
+    .execute(&mut app.db.conn().await)
+    .await
+    .unwrap();
+}
+
+/// The service options of the multipart tests: batches of 500 rows, so that a part is filled
+/// by many writes.
+pub fn large_export_options() -> AppOptions {
+    AppOptions {
+        batch_size: 500,
+        ..AppOptions::default()
     }
 }

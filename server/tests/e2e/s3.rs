@@ -3,41 +3,23 @@
 //! `exportd serve --storage s3://…` uses it.
 
 use contact_export_client::ExportStatus;
-use diesel_async::RunQueryDsl;
 
-use super::fixture::Contact;
+use super::fixture::{Contact, insert_large_export, large_export_options};
 use super::harness::{AppOptions, TestApp};
 use super::s3_peer::S3Peer;
 use super::{all_contacts, download_all, run_export};
 
 const BUCKET: &str = "exports";
 
-/// About 12 MB of CSV: one 8 MiB part and the rest at close.
-async fn insert_contacts(app: &TestApp) {
-    diesel::sql_query(
-        "INSERT INTO contacts (workspace_id, email, created_at, notes, custom_fields) \
-         SELECT $1, 'c' || g || '@example.com', timestamptz '2024-01-01' + g * interval '1 s', \
-         repeat(md5(g::text), 30), jsonb_build_object('n', g) FROM generate_series(1, 12000) g",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(app.ws.id)
-    .execute(&mut app.db.conn().await)
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_export_is_uploaded_to_s3_in_parts_and_downloads_whole() {
     let s3 = S3Peer::start(BUCKET).await;
-    let options = || AppOptions {
-        batch_size: 500,
-        ..AppOptions::default()
-    };
     let app = TestApp::spawn_with(AppOptions {
         storage: s3.operator(),
-        ..options()
+        ..large_export_options()
     })
     .await;
-    insert_contacts(&app).await;
+    insert_large_export(&app).await;
 
     let export = run_export(&app.ws.client, all_contacts()).await;
     assert_eq!(export.status(), ExportStatus::Completed, "{export:?}");
@@ -69,8 +51,8 @@ async fn a_large_export_is_uploaded_to_s3_in_parts_and_downloads_whole() {
     // are those of the same contacts exported into memory storage.
     let from_s3 = download_all(&app.ws.client, &export.id).await;
     assert_eq!(from_s3.lines().count(), 12_001);
-    let in_memory = TestApp::spawn_with(options()).await;
-    insert_contacts(&in_memory).await;
+    let in_memory = TestApp::spawn_with(large_export_options()).await;
+    insert_large_export(&in_memory).await;
     let reference = run_export(&in_memory.ws.client, all_contacts()).await;
     assert_eq!(
         from_s3,

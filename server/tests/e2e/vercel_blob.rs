@@ -5,32 +5,11 @@
 use std::collections::BTreeMap;
 
 use contact_export_client::ExportStatus;
-use diesel_async::RunQueryDsl;
 
-use super::fixture::Contact;
+use super::fixture::{Contact, insert_large_export, large_export_options};
 use super::harness::{AppOptions, TestApp};
 use super::vercel_blob_peer::VercelBlobPeer;
 use super::{all_contacts, download_all, run_export};
-
-/// About 12 MB of CSV: one 8 MiB part and the rest at close.
-async fn insert_contacts(app: &TestApp) {
-    diesel::sql_query(
-        "INSERT INTO contacts (workspace_id, email, created_at, notes, custom_fields) \
-         SELECT $1, 'c' || g || '@example.com', timestamptz '2024-01-01' + g * interval '1 s', \
-         repeat(md5(g::text), 30), jsonb_build_object('n', g) FROM generate_series(1, 12000) g",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(app.ws.id)
-    .execute(&mut app.db.conn().await)
-    .await
-    .unwrap();
-}
-
-fn large_export_options() -> AppOptions {
-    AppOptions {
-        batch_size: 500,
-        ..AppOptions::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_export_is_uploaded_to_vercel_blob_in_parts_and_downloads_whole() {
@@ -40,7 +19,7 @@ async fn a_large_export_is_uploaded_to_vercel_blob_in_parts_and_downloads_whole(
         ..large_export_options()
     })
     .await;
-    insert_contacts(&app).await;
+    insert_large_export(&app).await;
 
     let export = run_export(&app.ws.client, all_contacts()).await;
     assert_eq!(export.status(), ExportStatus::Completed, "{export:?}");
@@ -87,7 +66,7 @@ async fn a_large_export_is_uploaded_to_vercel_blob_in_parts_and_downloads_whole(
         "a list call before each read and the stat"
     );
     let in_memory = TestApp::spawn_with(large_export_options()).await;
-    insert_contacts(&in_memory).await;
+    insert_large_export(&in_memory).await;
     let reference = run_export(&in_memory.ws.client, all_contacts()).await;
     assert_eq!(
         from_vercel,
@@ -154,7 +133,7 @@ async fn an_export_whose_multipart_upload_fails_leaves_no_blob() {
         ..large_export_options()
     })
     .await;
-    insert_contacts(&app).await;
+    insert_large_export(&app).await;
     let export = run_export(&app.ws.client, all_contacts()).await;
     assert_eq!(export.status(), ExportStatus::Failed, "{export:?}");
     assert_eq!(

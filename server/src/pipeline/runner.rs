@@ -240,17 +240,7 @@ impl Run<'_> {
         {
             return Ok(RunEnd::Released);
         }
-        self.job.job_done().await?;
-        sweep(
-            self.ctx,
-            &Claim {
-                export: self.export.clone(),
-                fence: self.job.fence(),
-            },
-            Some(&stored.storage_key),
-        )
-        .await;
-        Ok(RunEnd::Done)
+        self.finish_job(Some(&stored.storage_key)).await
     }
 
     /// After an export ended without a file: its webhook, then the end of the job.
@@ -258,16 +248,18 @@ impl Run<'_> {
         if self.webhook().await? == RunEnd::Released {
             return Ok(RunEnd::Released);
         }
+        self.finish_job(None).await
+    }
+
+    /// Ends the job, then sweeps the objects of other claims (all of them but `keep`, the
+    /// export's file).
+    async fn finish_job(&self, keep: Option<&str>) -> Result<RunEnd, StepError> {
         self.job.job_done().await?;
-        sweep(
-            self.ctx,
-            &Claim {
-                export: self.export.clone(),
-                fence: self.job.fence(),
-            },
-            None,
-        )
-        .await;
+        let claim = Claim {
+            export: self.export.clone(),
+            fence: self.job.fence(),
+        };
+        sweep(self.ctx, &claim, keep).await;
         Ok(RunEnd::Done)
     }
 

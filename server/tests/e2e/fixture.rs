@@ -190,3 +190,18 @@ pub fn large_export_options() -> AppOptions {
         ..AppOptions::default()
     }
 }
+
+/// A contact no export can write: custom fields nested 1,500 levels deep (PostgreSQL stores
+/// them; the encoder follows 1,000). Its id.
+pub async fn insert_unexportable(db: &TestDb, workspace: Uuid) -> i64 {
+    let Id { id } = diesel::sql_query(
+        "INSERT INTO contacts (workspace_id, email, created_at, custom_fields) \
+         VALUES ($1, 'deep@example.com', now(), \
+         jsonb_build_object('k', (repeat('[', 1500) || repeat(']', 1500))::jsonb)) RETURNING id",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(workspace)
+    .get_result(&mut db.conn().await)
+    .await
+    .unwrap();
+    id
+}

@@ -13,7 +13,7 @@ use opendal::Operator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
-use super::fixture::{Contact, Workspace};
+use super::fixture::{Contact, Workspace, insert_unexportable};
 use super::harness::{AppOptions, TestApp, objects_of, within};
 use super::s3_peer::S3Peer;
 use super::vercel_blob_peer::VercelBlobPeer;
@@ -414,15 +414,7 @@ async fn big_workspace(app: &TestApp, poison: bool) {
     .await
     .unwrap();
     if poison {
-        diesel::sql_query(
-            "INSERT INTO contacts (workspace_id, email, created_at, custom_fields) \
-             VALUES ($1, 'deep@example.com', now(), \
-             jsonb_build_object('k', (repeat('[', 1500) || repeat(']', 1500))::jsonb))",
-        )
-        .bind::<diesel::sql_types::Uuid, _>(app.ws.id)
-        .execute(&mut app.db.conn().await)
-        .await
-        .unwrap();
+        insert_unexportable(&app.db, app.ws.id).await;
     }
 }
 

@@ -1,12 +1,11 @@
 //! Request size limits, and a caller that goes away stopping its stream's server-side work.
 
 use contact_export_client::{CreateExportRequest, ExportStatus};
-use diesel_async::RunQueryDsl;
 use futures::StreamExt;
 use tonic::Code;
 
 use super::failing_storage::WriteFaults;
-use super::fixture::Contact;
+use super::fixture::{Contact, insert_unexportable};
 use super::harness::{AppOptions, TestApp, within};
 use super::{all_contacts, run_export};
 
@@ -69,11 +68,6 @@ async fn a_download_dropped_by_its_caller_stops_reading_storage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contact_whose_custom_fields_nest_too_deep_fails_the_export_naming_it() {
-    #[derive(diesel::QueryableByName)]
-    struct Inserted {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        id: i64,
-    }
     let faults = WriteFaults::none();
     let app = TestApp::spawn_with(AppOptions {
         storage: faults.operator(),
@@ -82,15 +76,7 @@ async fn a_contact_whose_custom_fields_nest_too_deep_fails_the_export_naming_it(
     .await;
     app.ws.insert(&app.db, &[Contact::numbered(1)]).await;
     // PostgreSQL stores 1,500 levels; the encoder follows 1,000 (a worker's stack is 2 MiB).
-    let Inserted { id } = diesel::sql_query(
-        "INSERT INTO contacts (workspace_id, email, created_at, custom_fields) \
-         VALUES ($1, 'deep@example.com', now(), \
-         jsonb_build_object('k', (repeat('[', 1500) || repeat(']', 1500))::jsonb)) RETURNING id",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(app.ws.id)
-    .get_result(&mut app.db.conn().await)
-    .await
-    .unwrap();
+    let id = insert_unexportable(&app.db, app.ws.id).await;
 
     let export = run_export(&app.ws.client, all_contacts()).await;
     assert_eq!(export.status(), ExportStatus::Failed, "{export:?}");

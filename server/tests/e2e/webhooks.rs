@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::exportd::{Exportd, Replica};
 use super::faults::wait_for_job_done;
-use super::fixture::{Contact, Workspace};
+use super::fixture::{Contact, Workspace, insert_unexportable};
 use super::harness::{AppOptions, TestApp, TestDb, within};
 use super::webhook_receiver::{self, Answer, Receiver, Seen, seen};
 use super::{all_contacts, run_export};
@@ -175,15 +175,7 @@ async fn every_end_of_an_export_is_told_once_in_a_signed_event() {
     wait_for_job_done(&app.db, running.id.parse().unwrap()).await;
 
     // Failed: a contact that cannot be exported.
-    diesel::sql_query(
-        "INSERT INTO contacts (workspace_id, email, created_at, custom_fields) \
-         VALUES ($1, 'deep@example.com', now(), \
-         jsonb_build_object('k', (repeat('[', 1500) || repeat(']', 1500))::jsonb))",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(app.ws.id)
-    .execute(&mut app.db.conn().await)
-    .await
-    .unwrap();
+    insert_unexportable(&app.db, app.ws.id).await;
     let failed = run_export(&app.ws.client, notifying(&base)).await;
     assert_eq!(failed.status(), ExportStatus::Failed);
     let requests = wait_for_requests(&receiver, 4).await;

@@ -357,6 +357,14 @@ impl TestApp {
         self.dial.connect(token).await
     }
 
+    /// Another service on this app's database: a second replica, as an operator runs them.
+    pub async fn replica(&self, options: AppOptions) -> TestApp {
+        let db = TestDb {
+            url: self.db.url.clone(),
+        };
+        TestApp::spawn_on(db, options).await
+    }
+
     /// Stops the service gracefully and waits for it.
     pub async fn stop(mut self) -> TestDb {
         if let Some(stop) = self.stop.take() {

@@ -28,21 +28,16 @@ async fn watch_starts_with_the_current_state_and_ends_at_the_terminal_one() {
     assert_eq!(first.status(), ExportStatus::Pending);
     assert_eq!(first, api.ws.client.get(&created.id).await.unwrap());
 
-    let worker_db = super::harness::TestDb {
-        url: api.db.url.clone(),
-    };
     // The job waits at its first part upload until the watcher has seen it running: without
     // the gate a fast job may finish between two reads, and a watcher coalesces what it missed.
     let gate = WriteFaults::hold_writes(1024);
-    let _worker = TestApp::spawn_on(
-        worker_db,
-        AppOptions {
+    let _worker = api
+        .replica(AppOptions {
             batch_size: 7,
             storage: gate.operator(),
             ..AppOptions::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let mut seen = vec![first];
     while seen.last().unwrap().status() != ExportStatus::Processing {
         let message = within("a PROCESSING message", watch.next()).await;
@@ -216,16 +211,12 @@ async fn many_watchers_of_one_export_each_follow_it_to_the_end() {
             .await
         }));
     }
-    let _worker = TestApp::spawn_on(
-        super::harness::TestDb {
-            url: api.db.url.clone(),
-        },
-        AppOptions {
+    let _worker = api
+        .replica(AppOptions {
             batch_size: 7,
             ..AppOptions::default()
-        },
-    )
-    .await;
+        })
+        .await;
     for watcher in watchers {
         let seen = watcher.await.unwrap();
         assert_eq!(seen[0].status(), ExportStatus::Pending, "{seen:#?}");

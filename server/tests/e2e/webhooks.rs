@@ -320,13 +320,7 @@ async fn a_replica_without_webhooks_leaves_the_webhook_to_one_with_them() {
         ..AppOptions::default()
     })
     .await;
-    let worker = TestApp::spawn_on(
-        TestDb {
-            url: front.db.url.clone(),
-        },
-        AppOptions::default(),
-    )
-    .await;
+    let worker = front.replica(AppOptions::default()).await;
     front.ws.insert(&front.db, &[Contact::numbered(1)]).await;
     let done = run_export(&front.ws.client, notifying(&base)).await;
     assert_eq!(done.status(), ExportStatus::Completed);
@@ -345,16 +339,12 @@ async fn a_replica_without_webhooks_leaves_the_webhook_to_one_with_them() {
     assert!(!webhook_record(&front.db, &done.id).await.job_done);
 
     // A replica that can send it does, once.
-    let sender = TestApp::spawn_on(
-        TestDb {
-            url: front.db.url.clone(),
-        },
-        AppOptions {
+    let sender = front
+        .replica(AppOptions {
             webhooks: webhooks_to(&base, Duration::from_secs(5)),
             ..AppOptions::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let requests = wait_for_requests(&receiver, 1).await;
     assert!(requests[0].signature_valid);
     assert_eq!(body(&requests[0])["data"]["export_id"], done.id);
@@ -377,16 +367,12 @@ async fn cancelling_a_pending_export_tells_its_webhook() {
     front.ws.client.cancel(&pending.id).await.unwrap();
     let cancelled = front.ws.client.get(&pending.id).await.unwrap();
     assert_eq!(cancelled.status(), ExportStatus::Cancelled);
-    let _worker = TestApp::spawn_on(
-        TestDb {
-            url: front.db.url.clone(),
-        },
-        AppOptions {
+    let _worker = front
+        .replica(AppOptions {
             webhooks: webhooks_to(&base, Duration::from_secs(5)),
             ..AppOptions::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let requests = wait_for_requests(&receiver, 1).await;
     assert_eq!(body(&requests[0])["type"], "export.cancelled");
     assert_eq!(body(&requests[0])["data"]["status"], "cancelled");
